@@ -1,0 +1,248 @@
+//! Command-line flags and their environment variables.
+//!
+//! Every setting is a flag with a `LEAFLOCK_BACKUP_*` variable (clap reads it). The
+//! names LeafLock deployments already use (`DATABASE_URL`, `PG*`, `POSTGRES_*`,
+//! `POSTGRESQL_*`, `BACKUP_S3_*`) are fallbacks resolved in `config.rs`; the help text
+//! names them. This module only describes the surface: validation lives in `config.rs`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaflock-backup",
+    version,
+    about = "Backups for LeafLock's PostgreSQL database: dump, compress, store on S3 or a local directory, prove, measure.",
+    long_about = "Backups for LeafLock's PostgreSQL database.\n\n\
+        `run` streams pg_dump (custom format) through compression and sha256 into S3 (multipart upload, no \
+        temporary file) or a local directory, writes a manifest last (a backup exists only when its manifest \
+        exists), and pushes cumulative metrics to a Prometheus Pushgateway.\n\n\
+        Exit status: 0 success; 1 the backup failed; 2 bad configuration or usage (nothing was done); \
+        3 another run holds the lock.",
+    after_help = "Every flag can also be set through the environment variable shown next to it."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take one backup now: dump, compress, store, write the manifest, push metrics.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Text with a progress line when stderr is a terminal, JSON lines otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "LEAFLOCK_BACKUP_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "LEAFLOCK_BACKUP_LOG_LEVEL"
+    )]
+    pub log_level: String,
+
+    /// Never draw a progress line, even on a terminal.
+    #[arg(long, global = true, env = "LEAFLOCK_BACKUP_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    #[command(flatten)]
+    pub dump: DumpArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL (postgresql://user:password@host:port/dbname?sslmode=...).
+    /// Fallbacks, in order: DATABASE_URL; else one is built from POSTGRESQL_HOST|PGHOST|POSTGRES_HOST,
+    /// POSTGRESQL_PORT|PGPORT|POSTGRES_PORT (5432), POSTGRESQL_USER|PGUSER|POSTGRES_USER (postgres),
+    /// POSTGRESQL_PASSWORD|PGPASSWORD|POSTGRES_PASSWORD, POSTGRESQL_DATABASE|PGDATABASE|POSTGRES_DB (notes),
+    /// POSTGRESQL_SSLMODE|PGSSLMODE (prefer). The password is never passed on a command line nor logged.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+
+    /// pg_dump to use. Default: the first one of the server's major version or newer found in
+    /// PATH, then /usr/lib/postgresql/*/bin (newest first).
+    #[arg(long, env = "LEAFLOCK_BACKUP_PG_DUMP", value_name = "PATH")]
+    pub pg_dump: Option<PathBuf>,
+
+    /// Seconds to wait for the database connection.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECONDS"
+    )]
+    pub connect_timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Destination")]
+pub struct DestinationArgs {
+    /// S3 bucket, or s3://bucket/prefix. Fallback: BACKUP_S3_BUCKET. Without a bucket, backups
+    /// go to --local-dir.
+    #[arg(long, env = "LEAFLOCK_BACKUP_S3_BUCKET", value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// Key prefix under which backups are stored (LeafLock's old script used backups/).
+    #[arg(long, env = "LEAFLOCK_BACKUP_S3_PREFIX", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+
+    /// Directory for backups when no S3 bucket is configured.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_LOCAL_DIR",
+        value_name = "DIR",
+        default_value = "leaflock-backups"
+    )]
+    pub local_dir: PathBuf,
+
+    /// S3 endpoint URL for S3-compatible servers (MinIO, SeaweedFS, Garage, ...). Fallback:
+    /// BACKUP_S3_ENDPOINT. Default: AWS.
+    #[arg(long, env = "LEAFLOCK_BACKUP_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region. Fallbacks: BACKUP_S3_REGION, AWS_REGION, AWS_DEFAULT_REGION; default us-east-1.
+    #[arg(long, env = "LEAFLOCK_BACKUP_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// S3 access key id. Fallback: BACKUP_S3_ACCESS_KEY; else the usual AWS credential chain
+    /// (AWS_ACCESS_KEY_ID, profile, web identity, instance metadata).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_S3_ACCESS_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub s3_access_key: Option<String>,
+
+    /// S3 secret access key. Fallback: BACKUP_S3_SECRET_KEY.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_S3_SECRET_KEY",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub s3_secret_key: Option<String>,
+
+    /// Path-style addressing (http://endpoint/bucket/key). Default: on when --s3-endpoint is set
+    /// (MinIO, SeaweedFS and Garage need it), off for AWS.
+    #[arg(long, env = "LEAFLOCK_BACKUP_S3_FORCE_PATH_STYLE", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub s3_force_path_style: Option<bool>,
+
+    /// Storage class of the backup object (STANDARD, STANDARD_IA, GLACIER_IR, ...). Default: the
+    /// bucket's.
+    #[arg(long, env = "LEAFLOCK_BACKUP_S3_STORAGE_CLASS", value_name = "CLASS")]
+    pub s3_storage_class: Option<String>,
+
+    /// Multipart part size (5MiB..5GiB; suffixes KiB, MiB, GiB). Memory use is about
+    /// part size x (parts in flight + 1).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_PART_SIZE",
+        default_value = "16MiB",
+        value_name = "SIZE"
+    )]
+    pub part_size: String,
+
+    /// Multipart parts uploaded concurrently (1..64).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_PARTS_IN_FLIGHT",
+        default_value_t = 4,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub parts_in_flight: i64,
+
+    /// Attempts per S3 request before giving up (transient errors are retried with
+    /// exponential backoff and jitter).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_S3_MAX_ATTEMPTS",
+        default_value_t = 6,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub s3_max_attempts: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Dump and compression")]
+pub struct DumpArgs {
+    /// Compression: gzip[:LEVEL] (LEVEL 1..9, default 6).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_COMPRESSION",
+        default_value = "gzip:6",
+        value_name = "ALGO[:LEVEL]"
+    )]
+    pub compression: String,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Metrics")]
+pub struct MetricsArgs {
+    /// Prometheus Pushgateway URL. Metrics are read back, added to and pushed after every run,
+    /// success or failure; a Pushgateway outage never fails a backup.
+    #[arg(long, env = "LEAFLOCK_BACKUP_PUSHGATEWAY_URL", value_name = "URL")]
+    pub pushgateway_url: Option<String>,
+
+    /// `job` label of the pushed group.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_PUSHGATEWAY_JOB",
+        default_value = "leaflock-backup",
+        value_name = "JOB"
+    )]
+    pub pushgateway_job: String,
+
+    /// `database` label of the pushed group. Default: the database name.
+    #[arg(long, env = "LEAFLOCK_BACKUP_METRICS_DATABASE", value_name = "NAME")]
+    pub metrics_database: Option<String>,
+
+    /// Seconds allowed for each Pushgateway request.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_PUSHGATEWAY_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    pub pushgateway_timeout: u64,
+}

@@ -1,0 +1,634 @@
+//! Validated configuration: flags and `LEAFLOCK_BACKUP_*` variables (parsed by clap in
+//! `cli.rs`) resolved against the names LeafLock deployments already use, checked
+//! before any work is done.
+//!
+//! Every error here is a [`UsageError`] (exit 2) whose one line names the flag or
+//! variable and what was expected. Resolution takes the environment as a function so
+//! it can be tested without touching the process environment.
+
+use crate::cli::{DatabaseArgs, DestinationArgs, DumpArgs, MetricsArgs, RunArgs};
+use crate::conninfo::{ConnInfo, SslMode};
+use crate::error::usage;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Reads an environment variable (empty values count as unset).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, for production use.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+pub const DEFAULT_PREFIX: &str = "backups/";
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub database: DatabaseConfig,
+    pub destination: DestinationConfig,
+    pub compression: Compression,
+    pub metrics: Option<MetricsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub conn: ConnInfo,
+    /// Which setting the connection came from, for messages.
+    pub source: &'static str,
+    pub pg_dump: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum DestinationConfig {
+    S3(S3Config),
+    Local(LocalConfig),
+}
+
+impl DestinationConfig {
+    pub fn prefix(&self) -> &str {
+        match self {
+            DestinationConfig::S3(s) => &s.prefix,
+            DestinationConfig::Local(l) => &l.prefix,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Empty or ends with `/`.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Explicit keys; `None` means the AWS default credential chain.
+    pub credentials: Option<(String, String)>,
+    pub force_path_style: bool,
+    pub storage_class: Option<String>,
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub dir: PathBuf,
+    /// Empty or ends with `/`.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip { level: u32 },
+}
+
+impl Compression {
+    pub fn parse(s: &str) -> Result<Compression, String> {
+        let (algo, level) = match s.split_once(':') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        match algo.to_ascii_lowercase().as_str() {
+            "gzip" | "gz" => {
+                let level = match level {
+                    None => 6,
+                    Some(l) => match l.parse::<u32>() {
+                        Ok(n) if (1..=9).contains(&n) => n,
+                        _ => return Err(format!("gzip level must be 1..9, got {l:?}")),
+                    },
+                };
+                Ok(Compression::Gzip { level })
+            }
+            other => Err(format!(
+                "unknown compression {other:?} (expected gzip[:1..9])"
+            )),
+        }
+    }
+
+    /// File-name extension of the stored object, after `.dump`.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => "gz",
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => "gzip",
+        }
+    }
+
+    pub fn level(&self) -> i32 {
+        match self {
+            Compression::Gzip { level } => *level as i32,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub url: String,
+    pub job: String,
+    /// `database` grouping label; `None` means the database name.
+    pub database_label: Option<String>,
+    pub timeout: Duration,
+}
+
+fn first(env: EnvLookup, names: &[&str]) -> Option<(String, String)> {
+    names
+        .iter()
+        .find_map(|n| env(n).map(|v| (n.to_string(), v)))
+}
+
+/// Resolve the database connection: flag / LEAFLOCK_BACKUP_DATABASE_URL, DATABASE_URL,
+/// then the discrete variables LeafLock's backend and old script read.
+pub fn resolve_database(args: &DatabaseArgs, env: EnvLookup) -> Result<DatabaseConfig> {
+    let (conn, source) = if let Some(url) = args.database_url.as_deref().filter(|u| !u.is_empty()) {
+        match ConnInfo::parse_url(url) {
+            Ok(c) => (c, "--database-url / LEAFLOCK_BACKUP_DATABASE_URL"),
+            Err(e) => {
+                return usage(format!(
+                    "--database-url / LEAFLOCK_BACKUP_DATABASE_URL: {e}"
+                ))
+            }
+        }
+    } else if let Some(url) = env("DATABASE_URL") {
+        match ConnInfo::parse_url(&url) {
+            Ok(c) => (c, "DATABASE_URL"),
+            Err(e) => return usage(format!("DATABASE_URL: {e}")),
+        }
+    } else if let Some((_, host)) = first(env, &["POSTGRESQL_HOST", "PGHOST", "POSTGRES_HOST"]) {
+        let port = match first(env, &["POSTGRESQL_PORT", "PGPORT", "POSTGRES_PORT"]) {
+            None => 5432,
+            Some((name, v)) => match v.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    return usage(format!(
+                        "{name}: expected a port number 1..65535, got {v:?}"
+                    ))
+                }
+            },
+        };
+        let user = first(env, &["POSTGRESQL_USER", "PGUSER", "POSTGRES_USER"])
+            .map(|x| x.1)
+            .unwrap_or_else(|| "postgres".into());
+        let password = first(
+            env,
+            &["POSTGRESQL_PASSWORD", "PGPASSWORD", "POSTGRES_PASSWORD"],
+        )
+        .map(|x| x.1);
+        let dbname = first(env, &["POSTGRESQL_DATABASE", "PGDATABASE", "POSTGRES_DB"])
+            .map(|x| x.1)
+            .unwrap_or_else(|| "notes".into());
+        let sslmode = match first(env, &["POSTGRESQL_SSLMODE", "PGSSLMODE"]) {
+            None => SslMode::Prefer,
+            Some((name, v)) => match SslMode::parse(&v) {
+                Some(m) => m,
+                None => return usage(format!(
+                    "{name}: expected disable, allow, prefer, require, verify-ca or verify-full, got {v:?}"
+                )),
+            },
+        };
+        (
+            ConnInfo::new(host, port, user, password, dbname, sslmode),
+            "POSTGRESQL_* / PG* / POSTGRES_* variables",
+        )
+    } else {
+        return usage(
+            "no database configured: set --database-url / LEAFLOCK_BACKUP_DATABASE_URL, DATABASE_URL, \
+             or PGHOST (POSTGRESQL_HOST, POSTGRES_HOST) with its companions",
+        );
+    };
+    if let Some(p) = &args.pg_dump {
+        if !p.is_file() {
+            return usage(format!(
+                "--pg-dump / LEAFLOCK_BACKUP_PG_DUMP: {} is not a file",
+                p.display()
+            ));
+        }
+    }
+    if args.connect_timeout == 0 {
+        return usage("--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT: expected seconds > 0");
+    }
+    Ok(DatabaseConfig {
+        conn,
+        source,
+        pg_dump: args.pg_dump.clone(),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    })
+}
+
+/// Parse a byte size: a plain number of bytes or a number with K/KB/KiB/M/MB/MiB/G/GB/GiB
+/// (all binary).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Normalise a key prefix: no leading `/`, no `..` or empty segments, ends with `/`
+/// unless empty.
+pub fn normalize_prefix(p: &str, what: &str) -> Result<String> {
+    let trimmed = p.trim_start_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let body = trimmed.trim_end_matches('/');
+    for seg in body.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return usage(format!(
+                "{what}: {p:?} has an empty, '.' or '..' path segment"
+            ));
+        }
+        if seg.chars().any(|c| c.is_control() || c == '\\') {
+            return usage(format!(
+                "{what}: {p:?} contains a control character or backslash"
+            ));
+        }
+    }
+    Ok(format!("{body}/"))
+}
+
+/// S3's bucket naming rules (the general-purpose bucket ones).
+pub fn check_bucket_name(b: &str) -> Result<(), String> {
+    if !(3..=63).contains(&b.len()) {
+        return Err(format!("{b:?} must be 3 to 63 characters long"));
+    }
+    if !b
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        return Err(format!(
+            "{b:?} may contain only lowercase letters, digits, '-' and '.'"
+        ));
+    }
+    let first = b.chars().next().unwrap();
+    let last = b.chars().last().unwrap();
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return Err(format!("{b:?} must begin and end with a letter or digit"));
+    }
+    if b.contains("..") {
+        return Err(format!("{b:?} must not contain '..'"));
+    }
+    Ok(())
+}
+
+fn check_http_url(v: &str, what: &str) -> Result<()> {
+    match url::Url::parse(v) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
+            Ok(())
+        }
+        _ => usage(format!(
+            "{what}: expected an http:// or https:// URL, got {v:?}"
+        )),
+    }
+}
+
+pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<DestinationConfig> {
+    let bucket_arg = args
+        .s3_bucket
+        .clone()
+        .filter(|b| !b.is_empty())
+        .map(|b| (b, "--s3-bucket / LEAFLOCK_BACKUP_S3_BUCKET"))
+        .or_else(|| env("BACKUP_S3_BUCKET").map(|b| (b, "BACKUP_S3_BUCKET")));
+    let prefix_flag = args.prefix.as_deref();
+    const PREFIX: &str = "--prefix / LEAFLOCK_BACKUP_S3_PREFIX";
+
+    let Some((bucket_raw, bucket_src)) = bucket_arg else {
+        let prefix = normalize_prefix(prefix_flag.unwrap_or(DEFAULT_PREFIX), PREFIX)?;
+        if args.local_dir.as_os_str().is_empty() {
+            return usage("--local-dir / LEAFLOCK_BACKUP_LOCAL_DIR: expected a directory path");
+        }
+        return Ok(DestinationConfig::Local(LocalConfig {
+            dir: args.local_dir.clone(),
+            prefix,
+        }));
+    };
+
+    let (bucket, url_prefix) = match bucket_raw.strip_prefix("s3://") {
+        Some(rest) => match rest.split_once('/') {
+            Some((b, p)) => (b.to_string(), Some(p.to_string()).filter(|p| !p.is_empty())),
+            None => (rest.to_string(), None),
+        },
+        None => (bucket_raw.clone(), None),
+    };
+    if let Err(e) = check_bucket_name(&bucket) {
+        return usage(format!("{bucket_src}: bucket name {e}"));
+    }
+    let prefix = match (url_prefix, prefix_flag) {
+        (Some(u), Some(f)) if normalize_prefix(&u, bucket_src)? != normalize_prefix(f, PREFIX)? => {
+            return usage(format!(
+                "{bucket_src} gives prefix {u:?} but {PREFIX} gives {f:?}: give it once"
+            ))
+        }
+        (Some(u), _) => normalize_prefix(&u, bucket_src)?,
+        (None, Some(f)) => normalize_prefix(f, PREFIX)?,
+        (None, None) => DEFAULT_PREFIX.to_string(),
+    };
+
+    let endpoint = args
+        .s3_endpoint
+        .clone()
+        .filter(|e| !e.is_empty())
+        .map(|e| (e, "--s3-endpoint / LEAFLOCK_BACKUP_S3_ENDPOINT"))
+        .or_else(|| env("BACKUP_S3_ENDPOINT").map(|e| (e, "BACKUP_S3_ENDPOINT")));
+    if let Some((e, src)) = &endpoint {
+        check_http_url(e, src)?;
+    }
+    let region = args
+        .s3_region
+        .clone()
+        .filter(|r| !r.is_empty())
+        .or_else(|| {
+            first(
+                env,
+                &["BACKUP_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
+            )
+            .map(|x| x.1)
+        })
+        .unwrap_or_else(|| "us-east-1".into());
+    if region.is_empty()
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return usage(format!(
+            "--s3-region / LEAFLOCK_BACKUP_S3_REGION: {region:?} is not a region name"
+        ));
+    }
+    let access = args
+        .s3_access_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .or_else(|| env("BACKUP_S3_ACCESS_KEY"));
+    let secret = args
+        .s3_secret_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .or_else(|| env("BACKUP_S3_SECRET_KEY"));
+    let credentials = match (access, secret) {
+        (Some(a), Some(s)) => Some((a, s)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return usage(
+                "--s3-secret-key / LEAFLOCK_BACKUP_S3_SECRET_KEY (or BACKUP_S3_SECRET_KEY) is required with an access key",
+            )
+        }
+        (None, Some(_)) => {
+            return usage(
+                "--s3-access-key / LEAFLOCK_BACKUP_S3_ACCESS_KEY (or BACKUP_S3_ACCESS_KEY) is required with a secret key",
+            )
+        }
+    };
+    let part_size = match parse_size(&args.part_size) {
+        Some(n) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => n as usize,
+        _ => {
+            return usage(format!(
+                "--part-size / LEAFLOCK_BACKUP_PART_SIZE: expected a size from 5MiB to 5GiB (e.g. 16MiB), got {:?}",
+                args.part_size
+            ))
+        }
+    };
+    if !(1..=64).contains(&args.parts_in_flight) {
+        return usage(format!(
+            "--parts-in-flight / LEAFLOCK_BACKUP_PARTS_IN_FLIGHT: expected 1..64, got {}",
+            args.parts_in_flight
+        ));
+    }
+    if !(1..=20).contains(&args.s3_max_attempts) {
+        return usage(format!(
+            "--s3-max-attempts / LEAFLOCK_BACKUP_S3_MAX_ATTEMPTS: expected 1..20, got {}",
+            args.s3_max_attempts
+        ));
+    }
+    let storage_class = match args.s3_storage_class.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(c) => {
+            let known = aws_sdk_s3::types::StorageClass::values();
+            if !known.contains(&c) {
+                return usage(format!(
+                    "--s3-storage-class / LEAFLOCK_BACKUP_S3_STORAGE_CLASS: {c:?} is not one of {}",
+                    known.join(", ")
+                ));
+            }
+            Some(c.to_string())
+        }
+    };
+    Ok(DestinationConfig::S3(S3Config {
+        bucket,
+        prefix,
+        force_path_style: args.s3_force_path_style.unwrap_or(endpoint.is_some()),
+        endpoint: endpoint.map(|e| e.0),
+        region,
+        credentials,
+        storage_class,
+        part_size,
+        parts_in_flight: args.parts_in_flight as usize,
+        max_attempts: args.s3_max_attempts as u32,
+    }))
+}
+
+pub fn resolve_compression(args: &DumpArgs) -> Result<Compression> {
+    Compression::parse(&args.compression)
+        .or_else(|e| usage(format!("--compression / LEAFLOCK_BACKUP_COMPRESSION: {e}")))
+}
+
+pub fn resolve_metrics(args: &MetricsArgs) -> Result<Option<MetricsConfig>> {
+    let Some(url) = args.pushgateway_url.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    check_http_url(url, "--pushgateway-url / LEAFLOCK_BACKUP_PUSHGATEWAY_URL")?;
+    if args.pushgateway_job.is_empty() {
+        return usage("--pushgateway-job / LEAFLOCK_BACKUP_PUSHGATEWAY_JOB: must not be empty");
+    }
+    if args.pushgateway_timeout == 0 {
+        return usage(
+            "--pushgateway-timeout / LEAFLOCK_BACKUP_PUSHGATEWAY_TIMEOUT: expected seconds > 0",
+        );
+    }
+    Ok(Some(MetricsConfig {
+        url: url.trim_end_matches('/').to_string(),
+        job: args.pushgateway_job.clone(),
+        database_label: args.metrics_database.clone().filter(|d| !d.is_empty()),
+        timeout: Duration::from_secs(args.pushgateway_timeout),
+    }))
+}
+
+pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
+    Ok(RunConfig {
+        database: resolve_database(&args.database, env)?,
+        destination: resolve_destination(&args.destination, env)?,
+        compression: resolve_compression(&args.dump)?,
+        metrics: resolve_metrics(&args.metrics)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::error::UsageError;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["leaflock-backup", "run"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Run(a) => *a,
+        }
+    }
+
+    fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<RunConfig> {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |k: &str| map.get(k).cloned();
+        resolve_run(&run_args(argv), &lookup)
+    }
+
+    fn usage_msg(r: Result<RunConfig>) -> String {
+        let e = r.unwrap_err();
+        assert!(
+            e.downcast_ref::<UsageError>().is_some(),
+            "not a usage error: {e}"
+        );
+        e.to_string()
+    }
+
+    #[test]
+    fn legacy_variables_are_honoured() {
+        let c = resolve(
+            &[],
+            &[
+                ("POSTGRES_HOST", "pg"),
+                ("POSTGRES_PASSWORD", "pw"),
+                ("POSTGRES_DB", "leaflock"),
+                ("BACKUP_S3_BUCKET", "s3://my-bucket/nightly"),
+                ("BACKUP_S3_ENDPOINT", "http://minio:9000"),
+                ("BACKUP_S3_ACCESS_KEY", "ak"),
+                ("BACKUP_S3_SECRET_KEY", "sk"),
+                ("BACKUP_S3_REGION", "eu-west-1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.conn.host, "pg");
+        assert_eq!(c.database.conn.dbname, "leaflock");
+        assert_eq!(c.database.conn.password(), Some("pw"));
+        let DestinationConfig::S3(s3) = c.destination else {
+            panic!("expected S3")
+        };
+        assert_eq!(s3.bucket, "my-bucket");
+        assert_eq!(s3.prefix, "nightly/");
+        assert_eq!(s3.region, "eu-west-1");
+        assert!(s3.force_path_style, "custom endpoint implies path style");
+        assert_eq!(s3.credentials, Some(("ak".into(), "sk".into())));
+    }
+
+    #[test]
+    fn flags_win_over_legacy_names_and_local_is_the_default() {
+        let c = resolve(
+            &["--database-url", "postgresql://u@h/db"],
+            &[("DATABASE_URL", "postgresql://x@y/z")],
+        )
+        .unwrap();
+        assert_eq!(c.database.conn.host, "h");
+        let DestinationConfig::Local(l) = c.destination else {
+            panic!("expected local")
+        };
+        assert_eq!(l.prefix, DEFAULT_PREFIX);
+        assert_eq!(c.compression, Compression::Gzip { level: 6 });
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let db = ["--database-url", "postgresql://u@h/db"];
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (vec!["--database-url", "http://h/db"], "--database-url"),
+            (
+                [&db[..], &["--compression", "brotli"]].concat(),
+                "--compression",
+            ),
+            (
+                [&db[..], &["--compression", "gzip:12"]].concat(),
+                "--compression",
+            ),
+            (
+                [&db[..], &["--s3-bucket", "Bad_Bucket"]].concat(),
+                "--s3-bucket",
+            ),
+            (
+                [
+                    &db[..],
+                    &["--s3-bucket", "ok-bucket", "--part-size", "1MiB"],
+                ]
+                .concat(),
+                "--part-size",
+            ),
+            (
+                [
+                    &db[..],
+                    &["--s3-bucket", "ok-bucket", "--parts-in-flight", "-3"],
+                ]
+                .concat(),
+                "--parts-in-flight",
+            ),
+            (
+                [&db[..], &["--s3-bucket", "ok-bucket", "--prefix", "a/../b"]].concat(),
+                "--prefix",
+            ),
+            (
+                [
+                    &db[..],
+                    &["--s3-bucket", "ok-bucket", "--s3-endpoint", "minio:9000"],
+                ]
+                .concat(),
+                "--s3-endpoint",
+            ),
+            (
+                [
+                    &db[..],
+                    &["--s3-bucket", "ok-bucket", "--s3-access-key", "ak"],
+                ]
+                .concat(),
+                "--s3-secret-key",
+            ),
+            (
+                [&db[..], &["--pushgateway-url", "pushgateway:9091"]].concat(),
+                "--pushgateway-url",
+            ),
+            (vec![], "no database configured"),
+        ];
+        for (argv, needle) in cases {
+            let msg = usage_msg(resolve(&argv, &[]));
+            assert!(msg.contains(needle), "{argv:?}: {msg}");
+        }
+        let msg = usage_msg(resolve(&[], &[("PGHOST", "h"), ("PGPORT", "abc")]));
+        assert!(msg.contains("PGPORT"), "{msg}");
+    }
+
+    #[test]
+    fn sizes_and_prefixes() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("5242880"), Some(5 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(normalize_prefix("/backups", "x").unwrap(), "backups/");
+        assert_eq!(normalize_prefix("", "x").unwrap(), "");
+        assert!(normalize_prefix("a//b", "x").is_err());
+    }
+}

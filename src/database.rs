@@ -1,0 +1,290 @@
+//! The source database: connecting (TLS as libpq's sslmode says), reading the server
+//! version, and pinning a snapshot whose exact per-table row counts go into the
+//! manifest.
+//!
+//! Invariant: the connection that exported the snapshot stays open, inside its
+//! REPEATABLE READ transaction, until pg_dump has exited, so `pg_dump --snapshot`
+//! sees exactly the rows that were counted.
+
+use crate::conninfo::{ConnInfo, SslMode};
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// Rows of one table, counted in the dump's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCount {
+    pub schema: String,
+    pub name: String,
+    pub rows: i64,
+}
+
+impl TableCount {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The server's version, as `SHOW server_version` and `server_version_num` say.
+#[derive(Debug, Clone)]
+pub struct ServerVersion {
+    pub text: String,
+    pub num: u32,
+}
+
+impl ServerVersion {
+    pub fn major(&self) -> u32 {
+        self.num / 10000
+    }
+}
+
+/// Open a connection. Errors name the (redacted) server, never the password.
+pub async fn connect(conn: &ConnInfo, timeout: Duration) -> Result<Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    if conn.is_unix_socket() {
+        cfg.host_path(&conn.host);
+    } else {
+        cfg.host(&conn.host);
+    }
+    cfg.port(conn.port)
+        .user(&conn.user)
+        .dbname(&conn.dbname)
+        .application_name("leaflock-backup")
+        .connect_timeout(timeout)
+        .ssl_mode(match conn.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+    if let Some(p) = conn.password() {
+        cfg.password(p);
+    }
+    let tls = tls_connector(conn)?;
+    let fut = cfg.connect(tls);
+    let (client, connection) = tokio::time::timeout(timeout + Duration::from_secs(1), fut)
+        .await
+        .map_err(|_| anyhow!("timed out after {timeout:?}"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", conn.redacted()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+pub async fn server_version(client: &Client) -> Result<ServerVersion> {
+    let text: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+    let num: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await?
+        .get(0);
+    Ok(ServerVersion {
+        text,
+        num: num
+            .parse()
+            .with_context(|| format!("unexpected server_version_num {num:?}"))?,
+    })
+}
+
+/// Begin a REPEATABLE READ transaction on `client`, export its snapshot, and count the
+/// rows of every table pg_dump will dump, in that snapshot. The transaction stays open
+/// until the client is dropped.
+pub async fn pin_snapshot(client: &Client) -> Result<(String, Vec<TableCount>)> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .context("cannot begin the snapshot transaction")?;
+    let snapshot: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .context("pg_export_snapshot() failed")?
+        .get(0);
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p')
+                AND NOT c.relispartition
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_toast%'
+                AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                 WHERE d.classid = 'pg_class'::regclass
+                                   AND d.objid = c.oid AND d.deptype = 'e')
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("cannot list tables")?;
+    let mut counts = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut t = TableCount {
+            schema: r.get(0),
+            name: r.get(1),
+            rows: 0,
+        };
+        t.rows = client
+            .query_one(&format!("SELECT count(*) FROM {}", t.qualified()), &[])
+            .await
+            .with_context(|| format!("cannot count rows of {}", t.qualified()))?
+            .get(0);
+        counts.push(t);
+    }
+    Ok((snapshot, counts))
+}
+
+fn tls_connector(conn: &ConnInfo) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS setup")?;
+    let config = match conn.sslmode {
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let mut roots = rustls::RootCertStore::empty();
+            match conn.params.iter().find(|(k, _)| k == "sslrootcert") {
+                Some((_, path)) if path != "system" => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("cannot read sslrootcert {path}"))?;
+                    for cert in rustls_pki_types_certs(&pem)? {
+                        roots.add(cert).context("bad certificate in sslrootcert")?;
+                    }
+                }
+                _ => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .context("TLS verifier")?;
+            let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+                if conn.sslmode == SslMode::VerifyCa {
+                    Arc::new(IgnoreHostname(verifier))
+                } else {
+                    verifier
+                };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
+        }
+        // libpq's require/prefer encrypt without verifying the server's certificate.
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+fn rustls_pki_types_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("cannot parse PEM certificates: {e:?}"))
+}
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// sslmode=require semantics: encrypted, server identity not checked.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// sslmode=verify-ca semantics: the chain must verify, the host name need not match.
+#[derive(Debug)]
+struct IgnoreHostname(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for IgnoreHostname {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,181 @@
+//! Logs: one JSON object per line when stderr is not a terminal (CronJob, systemd),
+//! readable text otherwise, with a live progress line drawn by `progress.rs`.
+//!
+//! Every JSON line carries `ts`, `level`, `msg`, `component` ("backup", as LeafLock's
+//! logs do), `run_id` and `request_id` (the same id, LeafLock's field name), then the
+//! event's own fields (`bytes`, `duration_seconds`, ...). Secrets never reach a log
+//! call: URLs are logged through `ConnInfo::redacted`.
+
+use crate::cli::{LogArgs, LogFormat};
+use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+static RUN_ID: OnceLock<String> = OnceLock::new();
+static PROGRESS_BAR: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// Set once per process, before the first log line of a run.
+pub fn set_run_id(id: &str) {
+    let _ = RUN_ID.set(id.to_string());
+}
+
+/// Whether a progress line is drawn.
+#[derive(Debug, Clone, Copy)]
+pub struct Terminal {
+    pub progress: bool,
+}
+
+pub fn init(args: &LogArgs) -> Terminal {
+    let tty = std::io::stderr().is_terminal();
+    let text = match args.log_format {
+        LogFormat::Auto => tty,
+        LogFormat::Json => false,
+        LogFormat::Text => true,
+    };
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| {
+        eprintln!(
+            "warning: --log-level / LEAFLOCK_BACKUP_LOG_LEVEL {:?} is not a level; using info",
+            args.log_level
+        );
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(StderrWriter);
+    if text {
+        builder.with_target(false).compact().init();
+    } else {
+        builder.event_format(JsonLines).init();
+    }
+    Terminal {
+        progress: text && tty && !args.no_progress,
+    }
+}
+
+/// Register (or clear) the progress bar that log lines must not tear.
+pub fn set_progress_bar(bar: Option<indicatif::ProgressBar>) {
+    *PROGRESS_BAR.lock().unwrap() = bar;
+}
+
+/// Writes to stderr, hiding the progress line while a log line is printed.
+#[derive(Clone, Copy)]
+struct StderrWriter;
+
+impl<'a> MakeWriter<'a> for StderrWriter {
+    type Writer = LineWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter(Vec::with_capacity(256))
+    }
+}
+
+struct LineWriter(Vec<u8>);
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let emit = |buf: &[u8]| {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(buf);
+            let _ = err.flush();
+        };
+        let bar = PROGRESS_BAR.lock().unwrap().clone();
+        match bar {
+            Some(bar) => bar.suspend(|| emit(&self.0)),
+            None => emit(&self.0),
+        }
+    }
+}
+
+/// The JSON line format.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = serde_json::Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+        let mut line = serde_json::Map::new();
+        line.insert(
+            "ts".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                .into(),
+        );
+        line.insert(
+            "level".into(),
+            event
+                .metadata()
+                .level()
+                .as_str()
+                .to_ascii_lowercase()
+                .into(),
+        );
+        line.insert("msg".into(), fields.remove("message").unwrap_or_default());
+        line.insert(
+            "component".into(),
+            fields
+                .remove("component")
+                .unwrap_or_else(|| "backup".into()),
+        );
+        if let Some(id) = RUN_ID.get() {
+            line.insert("run_id".into(), id.clone().into());
+            line.insert("request_id".into(), id.clone().into());
+        }
+        line.extend(fields);
+        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let v = serde_json::Number::from_f64(value)
+            .map(serde_json::Value::Number)
+            .unwrap_or_else(|| value.to_string().into());
+        self.0.insert(field.name().into(), v);
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), format!("{value:#}").into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}

@@ -1,0 +1,165 @@
+//! The manifest: the commit marker of a backup, written last, beside its object.
+//!
+//! A backup exists only when its manifest exists. The manifest records what was
+//! dumped (server, pg_dump, exact per-table row counts from the dump's snapshot) and
+//! what was stored (compression, encryption recipients' fingerprints, byte counts,
+//! sha256 of the stored object), so that `verify`, `restore` and the drill can check a
+//! backup exactly. It never holds a secret.
+
+use crate::database::TableCount;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const OBJECT_STEM: &str = "leaflock_backup_";
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub run_id: String,
+    /// Full key of the backup object, as `list` prints it.
+    pub object_key: String,
+    pub database: String,
+    pub server_version: String,
+    pub server_version_num: u32,
+    pub pg_dump_version: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub compression: CompressionInfo,
+    /// `None` when the object is not encrypted.
+    pub encryption: Option<EncryptionInfo>,
+    /// Bytes pg_dump wrote (the custom-format archive, uncompressed).
+    pub uncompressed_bytes: u64,
+    /// Bytes of the stored object.
+    pub stored_bytes: u64,
+    /// Lowercase hex sha256 of the stored object.
+    pub sha256: String,
+    /// The snapshot pg_dump used (`pg_export_snapshot()`).
+    pub snapshot: String,
+    /// Exact row count of every table, counted in the dump's snapshot.
+    pub tables: Vec<TableCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    pub scheme: String,
+    /// Public recipients (or their fingerprints); never a secret.
+    pub recipients: Vec<String>,
+}
+
+/// The key of a new backup object: `<prefix>YYYY/MM/DD/leaflock_backup_<ts>.dump.<ext>`.
+pub fn object_key(prefix: &str, at: DateTime<Utc>, extension: &str) -> String {
+    format!(
+        "{prefix}{}/{OBJECT_STEM}{}.dump.{extension}",
+        at.format("%Y/%m/%d"),
+        at.format("%Y%m%dT%H%M%SZ")
+    )
+}
+
+/// The manifest key beside an object key: the `.dump...` suffix replaced by
+/// `.manifest.json`.
+pub fn manifest_key(object_key: &str) -> String {
+    let base = match object_key.rfind(".dump.") {
+        Some(i) => &object_key[..i],
+        None => object_key,
+    };
+    format!("{base}{MANIFEST_SUFFIX}")
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        v.push(b'\n');
+        v
+    }
+
+    #[allow(dead_code)] // the read side (verify, restore, list) builds on it
+    pub fn from_json(data: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest =
+            serde_json::from_slice(data).map_err(|e| format!("not a valid manifest: {e}"))?;
+        if m.format_version > FORMAT_VERSION {
+            return Err(format!(
+                "manifest format {} is newer than this tool understands ({FORMAT_VERSION})",
+                m.format_version
+            ));
+        }
+        if m.sha256.len() != 64 || !m.sha256.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+            return Err("manifest sha256 is not 64 lowercase hex digits".into());
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let at = Utc.with_ymd_and_hms(2026, 3, 7, 2, 0, 9).unwrap();
+        let k = object_key("backups/", at, "gz");
+        assert_eq!(
+            k,
+            "backups/2026/03/07/leaflock_backup_20260307T020009Z.dump.gz"
+        );
+        assert_eq!(
+            manifest_key(&k),
+            "backups/2026/03/07/leaflock_backup_20260307T020009Z.manifest.json"
+        );
+        assert_eq!(
+            manifest_key("x/leaflock_backup_1.dump.gz.age"),
+            "x/leaflock_backup_1.manifest.json"
+        );
+    }
+
+    #[test]
+    fn round_trips_and_rejects_tampering() {
+        let at = Utc.with_ymd_and_hms(2026, 3, 7, 2, 0, 9).unwrap();
+        let m = Manifest {
+            format_version: FORMAT_VERSION,
+            tool: "leaflock-backup".into(),
+            tool_version: "0.1.0".into(),
+            run_id: "r".into(),
+            object_key: "k".into(),
+            database: "notes".into(),
+            server_version: "15.18".into(),
+            server_version_num: 150018,
+            pg_dump_version: "pg_dump (PostgreSQL) 15.18".into(),
+            started_at: at,
+            finished_at: at,
+            duration_seconds: 1.5,
+            compression: CompressionInfo {
+                algorithm: "gzip".into(),
+                level: 6,
+            },
+            encryption: None,
+            uncompressed_bytes: 10,
+            stored_bytes: 5,
+            sha256: "a".repeat(64),
+            snapshot: "00000003-00000002-1".into(),
+            tables: vec![TableCount {
+                schema: "public".into(),
+                name: "notes".into(),
+                rows: 3,
+            }],
+        };
+        let json = m.to_json();
+        assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        assert!(Manifest::from_json(&json[..json.len() / 2]).is_err());
+        let bad = String::from_utf8(json)
+            .unwrap()
+            .replace(&"a".repeat(64), "xyz");
+        assert!(Manifest::from_json(bad.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! A local directory as the destination.
+//!
+//! Objects are written to a hidden temporary file beside their final name, fsynced,
+//! then linked into place (which fails rather than overwrite an existing object) and
+//! the directory fsynced. A crash leaves at most a `.partial` file, never a partial
+//! object under a final name.
+
+use super::{ObjectWriter, Storage};
+use crate::config::LocalConfig;
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+pub struct LocalStorage {
+    dir: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(cfg: &LocalConfig) -> LocalStorage {
+        LocalStorage {
+            dir: cfg.dir.clone(),
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            bail!("invalid object key {key:?}");
+        }
+        Ok(self.dir.join(key))
+    }
+}
+
+fn temp_path(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    final_path.with_file_name(format!(
+        ".{name}.partial-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
+/// Link the finished temporary file to its final name (never replacing an existing
+/// file), remove the temporary name and fsync the directory.
+async fn commit(tmp: &Path, final_path: &Path) -> Result<()> {
+    let result = tokio::fs::hard_link(tmp, final_path).await;
+    let _ = tokio::fs::remove_file(tmp).await;
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!(
+                "{} already exists; not overwriting it",
+                final_path.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", final_path.display())),
+    }
+    if let Some(parent) = final_path.parent() {
+        let parent = parent.to_path_buf();
+        tokio::task::spawn_blocking(move || std::fs::File::open(&parent)?.sync_all())
+            .await?
+            .context("cannot fsync the backup directory")?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn describe(&self) -> String {
+        format!("local directory {}", self.dir.display())
+    }
+
+    async fn preflight(&self) -> Result<()> {
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .with_context(|| format!("cannot create backup directory {}", self.dir.display()))?;
+        let probe = self
+            .dir
+            .join(format!(".leaflock-write-test-{}", std::process::id()));
+        tokio::fs::write(&probe, b"ok")
+            .await
+            .with_context(|| format!("backup directory {} is not writable", self.dir.display()))?;
+        let _ = tokio::fs::remove_file(&probe).await;
+        Ok(())
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let final_path = self.path(key)?;
+        if let Some(parent) = final_path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        if tokio::fs::try_exists(&final_path).await.unwrap_or(false) {
+            bail!(
+                "{} already exists; not overwriting it",
+                final_path.display()
+            );
+        }
+        let tmp = temp_path(&final_path);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(Box::new(LocalWriter {
+            file: Some(tokio::io::BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            final_path,
+            written: 0,
+        }))
+    }
+
+    async fn put_small(&self, key: &str, data: Bytes) -> Result<()> {
+        let mut w = self.create(key).await?;
+        if let Err(e) = w.write(data).await {
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        w.finish().await.map(|_| ())
+    }
+
+    async fn get_small(&self, key: &str) -> Result<Bytes> {
+        let p = self.path(key)?;
+        Ok(tokio::fs::read(&p)
+            .await
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .into())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(tokio::fs::try_exists(self.path(key)?).await?)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let p = self.path(key)?;
+        tokio::fs::remove_file(&p)
+            .await
+            .with_context(|| format!("cannot delete {}", p.display()))
+    }
+}
+
+struct LocalWriter {
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    tmp: PathBuf,
+    final_path: PathBuf,
+    written: u64,
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let f = self.file.as_mut().expect("writer used after finish");
+        f.write_all(&data)
+            .await
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        let mut f = self.file.take().expect("finish called once");
+        let r: Result<()> = async {
+            f.flush().await?;
+            f.get_ref().sync_all().await?;
+            Ok(())
+        }
+        .await;
+        drop(f);
+        if let Err(e) = r {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(e.context(format!("cannot write {}", self.tmp.display())));
+        }
+        commit(&self.tmp, &self.final_path).await?;
+        Ok(self.written)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        drop(self.file.take());
+        match tokio::fs::remove_file(&self.tmp).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.tmp.display())),
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // A writer dropped without finish/abort (a cancelled future) removes its file.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}

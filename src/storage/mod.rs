@@ -1,0 +1,61 @@
+//! Where backups are kept: one trait, one file per backend (`s3.rs`, `local.rs`).
+//!
+//! Invariants every backend keeps:
+//! - an object appears at its final key only when `ObjectWriter::finish` succeeds
+//!   (S3: CompleteMultipartUpload; local: rename of a fsynced temporary file);
+//! - `ObjectWriter::abort` leaves nothing behind (no open multipart upload, no
+//!   temporary file);
+//! - memory held by a writer is bounded by its configuration, never by object size;
+//! - `put_small` (used for manifests) is all-or-nothing too.
+
+pub mod local;
+pub mod s3;
+
+use crate::config::DestinationConfig;
+use anyhow::Result;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Where this is, for logs: `s3://bucket` (with endpoint) or a directory.
+    fn describe(&self) -> String;
+
+    /// Check that the destination is reachable and writable before any work.
+    async fn preflight(&self) -> Result<()>;
+
+    /// Start writing an object at `key`.
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
+
+    /// Write a small object (a manifest) atomically.
+    async fn put_small(&self, key: &str, data: Bytes) -> Result<()>;
+
+    /// Read a whole object into memory (small objects only: manifests).
+    #[allow(dead_code)] // the read side (verify, restore, list) builds on it
+    async fn get_small(&self, key: &str) -> Result<Bytes>;
+
+    /// Whether an object exists at `key`.
+    async fn exists(&self, key: &str) -> Result<bool>;
+
+    /// Delete one object (used to remove an object whose manifest could not be written).
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+#[async_trait]
+pub trait ObjectWriter: Send {
+    /// Append bytes. May wait (backpressure) while earlier data is being stored.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+
+    /// Make the object appear at its final key. Returns the stored byte count.
+    async fn finish(self: Box<Self>) -> Result<u64>;
+
+    /// Discard everything written; leave no trace.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+pub async fn open(cfg: &DestinationConfig) -> Result<Box<dyn Storage>> {
+    Ok(match cfg {
+        DestinationConfig::S3(c) => Box::new(s3::S3Storage::new(c).await?),
+        DestinationConfig::Local(c) => Box::new(local::LocalStorage::new(c)),
+    })
+}

@@ -1,0 +1,434 @@
+//! S3 (and S3-compatible servers) as the destination.
+//!
+//! A backup streams into a multipart upload: the writer cuts the stream into parts of
+//! `part_size`, uploads at most `parts_in_flight` of them at once (waiting, and so
+//! pushing back on pg_dump, when that many are in flight), and completes the upload
+//! only in `finish`. Memory is about `part_size x (parts_in_flight + 1)`. Nothing is
+//! staged on local disk. `abort` (also run from `Drop` as a last resort) cancels the
+//! in-flight parts and aborts the upload, so no parts are left billed in the bucket.
+//! Transient errors are retried by the SDK's standard retry mode (exponential backoff
+//! with jitter) up to `max_attempts`.
+
+use super::{ObjectWriter, Storage};
+use crate::config::S3Config;
+use anyhow::{anyhow, Context, Result};
+use async_trait::async_trait;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    where_: String,
+    storage_class: Option<StorageClass>,
+    part_size: usize,
+    parts_in_flight: usize,
+}
+
+/// Build an S3 client from the configuration (explicit keys or the AWS chain).
+pub async fn client(cfg: &S3Config) -> Client {
+    let retry = aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(cfg.max_attempts)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(20));
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(Duration::from_secs(300))
+        .build();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(cfg.region.clone()))
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    if let Some((ak, sk)) = &cfg.credentials {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            ak,
+            sk,
+            None,
+            None,
+            "leaflock-backup",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut b = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
+    if let Some(ep) = &cfg.endpoint {
+        b = b.endpoint_url(ep);
+    }
+    Client::from_conf(b.build())
+}
+
+/// One line describing an SDK error, with the HTTP status when there is one.
+pub fn describe_error<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("error");
+            let msg = se.err().message().unwrap_or("");
+            format!("{code}{}{msg}", if msg.is_empty() { "" } else { ": " })
+        }
+        other => format!("{}", DisplayErrorContext(other)),
+    }
+}
+
+impl S3Storage {
+    pub async fn new(cfg: &S3Config) -> Result<S3Storage> {
+        let where_ = format!(
+            "s3://{}/{} at {}",
+            cfg.bucket,
+            cfg.prefix,
+            cfg.endpoint.as_deref().unwrap_or("AWS")
+        );
+        Ok(S3Storage {
+            client: client(cfg).await,
+            bucket: cfg.bucket.clone(),
+            where_,
+            storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
+            part_size: cfg.part_size,
+            parts_in_flight: cfg.parts_in_flight,
+        })
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn describe(&self) -> String {
+        self.where_.clone()
+    }
+
+    async fn preflight(&self) -> Result<()> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let why = match status {
+                    Some(404) => "the bucket does not exist".to_string(),
+                    Some(403) => {
+                        "access denied (check the access key, secret key and the bucket policy)"
+                            .to_string()
+                    }
+                    Some(301) => "the bucket is in another region (check --s3-region)".to_string(),
+                    _ => describe_error(&e),
+                };
+                Err(anyhow!("S3 bucket {} is not usable: {why}", self.where_))
+            }
+        }
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .set_storage_class(self.storage_class.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot start the upload to {}: {}",
+                    self.where_,
+                    describe_error(&e)
+                )
+            })?;
+        let upload_id = out
+            .upload_id()
+            .ok_or_else(|| anyhow!("S3 returned no upload id"))?
+            .to_string();
+        tracing::debug!(key, upload_id, "multipart upload started");
+        Ok(Box::new(S3Writer {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            upload_id: Some(upload_id),
+            buf: BytesMut::with_capacity(self.part_size),
+            part_size: self.part_size,
+            max_in_flight: self.parts_in_flight,
+            next_part: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            written: 0,
+        }))
+    }
+
+    async fn put_small(&self, key: &str, data: Bytes) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot write {key} to {}: {}",
+                    self.where_,
+                    describe_error(&e)
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn get_small(&self, key: &str) -> Result<Bytes> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot read {key} from {}: {}",
+                    self.where_,
+                    describe_error(&e)
+                )
+            })?;
+        Ok(out
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("cannot read {key}"))?
+            .into_bytes())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(false),
+            Err(e) => Err(anyhow!(
+                "cannot check {key} in {}: {}",
+                self.where_,
+                describe_error(&e)
+            )),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot delete {key} from {}: {}",
+                    self.where_,
+                    describe_error(&e)
+                )
+            })?;
+        Ok(())
+    }
+}
+
+struct S3Writer {
+    client: Client,
+    bucket: String,
+    key: String,
+    /// `None` once completed or aborted.
+    upload_id: Option<String>,
+    buf: BytesMut,
+    part_size: usize,
+    max_in_flight: usize,
+    next_part: i32,
+    in_flight: JoinSet<Result<CompletedPart>>,
+    done: Vec<CompletedPart>,
+    written: u64,
+}
+
+impl S3Writer {
+    fn upload_id(&self) -> &str {
+        self.upload_id.as_deref().expect("upload still open")
+    }
+
+    async fn reap_one(&mut self) -> Result<()> {
+        if let Some(r) = self.in_flight.join_next().await {
+            let part = r.map_err(|e| anyhow!("part upload task failed: {e}"))??;
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    /// Upload one part, waiting first while `max_in_flight` parts are in flight.
+    async fn launch(&mut self, body: Bytes) -> Result<()> {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.reap_one().await?;
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        let client = self.client.clone();
+        let (bucket, key, upload_id) = (
+            self.bucket.clone(),
+            self.key.clone(),
+            self.upload_id().to_string(),
+        );
+        self.in_flight.spawn(async move {
+            let len = body.len();
+            let out = client
+                .upload_part()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(len as i64)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "upload of part {number} of {key} failed: {}",
+                        describe_error(&e)
+                    )
+                })?;
+            tracing::debug!(part = number, bytes = len, "part stored");
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self) -> Result<()> {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        let Some(upload_id) = self.upload_id.take() else {
+            return Ok(());
+        };
+        let mut last_err = None;
+        for attempt in 0..3 {
+            match self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(&upload_id)
+                .send()
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(key = %self.key, "multipart upload aborted");
+                    return Ok(());
+                }
+                Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                    return Ok(())
+                }
+                Err(e) => last_err = Some(describe_error(&e)),
+            }
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+        Err(anyhow!(
+            "cannot abort multipart upload {upload_id} of {}: {}",
+            self.key,
+            last_err.unwrap_or_default()
+        ))
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, mut data: Bytes) -> Result<()> {
+        self.written += data.len() as u64;
+        while !data.is_empty() {
+            let room = self.part_size - self.buf.len();
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data.split_to(take));
+            if self.buf.len() == self.part_size {
+                let part =
+                    std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.part_size))
+                        .freeze();
+                self.launch(part).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        let result: Result<()> = async {
+            if !self.buf.is_empty() || self.next_part == 1 {
+                let last = std::mem::take(&mut self.buf).freeze();
+                self.launch(last).await?;
+            }
+            while !self.in_flight.is_empty() {
+                self.reap_one().await?;
+            }
+            let mut parts = std::mem::take(&mut self.done);
+            parts.sort_by_key(|p| p.part_number());
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(self.upload_id())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot complete the upload of {}: {}",
+                        self.key,
+                        describe_error(&e)
+                    )
+                })?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.upload_id = None;
+                Ok(self.written)
+            }
+            Err(e) => {
+                if let Err(ae) = self.abort_upload().await {
+                    tracing::error!(error = %ae, "abort after a failed upload also failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.abort_upload().await
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // Dropped while the upload is open (a cancelled future): abort in the background.
+        if let (Some(upload_id), Ok(handle)) =
+            (self.upload_id.take(), tokio::runtime::Handle::try_current())
+        {
+            self.in_flight.abort_all();
+            let (client, bucket, key) =
+                (self.client.clone(), self.bucket.clone(), self.key.clone());
+            handle.spawn(async move {
+                let _ = client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await;
+            });
+        }
+    }
+}
