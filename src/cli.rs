@@ -33,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Take one backup now: dump, compress, store, write the manifest, push metrics.
     Run(Box<RunArgs>),
+    /// Print the next times a cron schedule fires (checks an expression the way `run
+    /// --schedule` and the deployment files use it).
+    NextRun(NextRunArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +81,43 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Schedule")]
+pub struct ScheduleArgs {
+    /// The schedule this runner is started on (crontab's 5 fields, or 6/7 fields with seconds
+    /// and year, or @daily...). With it, `leaflock_backup_next_run_timestamp_seconds` is pushed
+    /// so that a run that never starts is noticed right after its slot. Fallback: BACKUP_SCHEDULE.
+    #[arg(long, env = "LEAFLOCK_BACKUP_SCHEDULE", value_name = "CRON")]
+    pub schedule: Option<String>,
+
+    /// Time zone the schedule is read in (IANA name).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_TIMEZONE",
+        default_value = "UTC",
+        value_name = "TZ"
+    )]
+    pub timezone: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NextRunArgs {
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+
+    /// How many upcoming slots to print.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_NEXT_RUN_COUNT",
+        default_value_t = 5,
+        value_name = "N"
+    )]
+    pub count: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,9 +6,10 @@
 //! variable and what was expected. Resolution takes the environment as a function so
 //! it can be tested without touching the process environment.
 
-use crate::cli::{DatabaseArgs, DestinationArgs, DumpArgs, MetricsArgs, RunArgs};
+use crate::cli::{DatabaseArgs, DestinationArgs, DumpArgs, MetricsArgs, RunArgs, ScheduleArgs};
 use crate::conninfo::{ConnInfo, SslMode};
 use crate::error::usage;
+use crate::schedule::Schedule;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub struct RunConfig {
     pub destination: DestinationConfig,
     pub compression: Compression,
     pub metrics: Option<MetricsConfig>,
+    pub schedule: Option<Schedule>,
 }
 
 #[derive(Debug, Clone)]
@@ -466,12 +468,39 @@ pub fn resolve_metrics(args: &MetricsArgs) -> Result<Option<MetricsConfig>> {
     }))
 }
 
+/// `--schedule` / LEAFLOCK_BACKUP_SCHEDULE, else BACKUP_SCHEDULE, read in `--timezone`.
+pub fn resolve_schedule(args: &ScheduleArgs, env: EnvLookup) -> Result<Option<Schedule>> {
+    let (expr, src) = match args.schedule.clone().filter(|s| !s.trim().is_empty()) {
+        Some(e) => (e, "--schedule / LEAFLOCK_BACKUP_SCHEDULE"),
+        None => match env("BACKUP_SCHEDULE") {
+            Some(e) => (e, "BACKUP_SCHEDULE"),
+            None => {
+                if args.timezone.parse::<chrono_tz::Tz>().is_err() {
+                    return usage(format!(
+                        "--timezone / LEAFLOCK_BACKUP_TIMEZONE: {:?} is not an IANA time zone name",
+                        args.timezone
+                    ));
+                }
+                return Ok(None);
+            }
+        },
+    };
+    match Schedule::parse(&expr, &args.timezone) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.starts_with("time zone") => {
+            usage(format!("--timezone / LEAFLOCK_BACKUP_TIMEZONE: {e}"))
+        }
+        Err(e) => usage(format!("{src}: {e}")),
+    }
+}
+
 pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     Ok(RunConfig {
         database: resolve_database(&args.database, env)?,
         destination: resolve_destination(&args.destination, env)?,
         compression: resolve_compression(&args.dump)?,
         metrics: resolve_metrics(&args.metrics)?,
+        schedule: resolve_schedule(&args.schedule, env)?,
     })
 }
 
@@ -488,6 +517,7 @@ mod tests {
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Run(a) => *a,
+            other => panic!("not a run: {other:?}"),
         }
     }
 
@@ -609,6 +639,14 @@ mod tests {
             (
                 [&db[..], &["--pushgateway-url", "pushgateway:9091"]].concat(),
                 "--pushgateway-url",
+            ),
+            (
+                [&db[..], &["--schedule", "0 2 * * 9"]].concat(),
+                "--schedule",
+            ),
+            (
+                [&db[..], &["--timezone", "Moon/Base"]].concat(),
+                "--timezone",
             ),
             (vec![], "no database configured"),
         ];

@@ -15,6 +15,7 @@ mod manifest;
 mod metrics;
 mod pipeline;
 mod progress;
+mod schedule;
 mod signals;
 mod storage;
 
@@ -38,6 +39,7 @@ fn main() {
     let result = runtime.block_on(async {
         match &cli.command {
             cli::Command::Run(args) => commands::run::execute(args, term).await,
+            cli::Command::NextRun(args) => commands::next_run::execute(args),
         }
     });
     let code = match result {

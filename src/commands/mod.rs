@@ -1,3 +1,4 @@
 //! One file per subcommand.
 
+pub mod next_run;
 pub mod run;

@@ -58,6 +58,7 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
         database = %cfg.database.conn.redacted(),
         database_from = cfg.database.source,
         compression = format!("{}:{}", cfg.compression.name(), cfg.compression.level()),
+        schedule = cfg.schedule.as_ref().map(|s| s.expression.as_str()),
         "starting backup"
     );
 
@@ -76,7 +77,7 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
             duration_seconds: duration,
             stored_bytes: result.as_ref().ok().map(|s| s.stats.stored_bytes),
             uncompressed_bytes: result.as_ref().ok().map(|s| s.stats.uncompressed_bytes),
-            next_run: None,
+            next_run: cfg.schedule.as_ref().and_then(|s| s.next_after(finished)),
         };
         push_metrics(mcfg, &label, &outcome).await;
     }
