@@ -362,12 +362,15 @@ fn pushgateway_down_keeps_the_backup_and_warns() {
     drop_db(Pg::V15, &name);
 }
 
+type BadInput<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn bad_configuration_exits_2_before_any_connection_naming_the_input() {
     // Every case points at a port where nothing listens: had the run gone past
     // validation, it would fail with 1, not 2.
     let unreachable = format!("postgresql://u:pw@127.0.0.1:{}/notes", closed_port());
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (flags, environment, what the one error line must name)
+    let cases: Vec<BadInput> = vec![
         (vec!["--compression", "brotli"], vec![], "--compression"),
         (vec!["--compression", "gzip:0"], vec![], "--compression"),
         (vec!["--s3-bucket", "Not_A_Bucket"], vec![], "--s3-bucket"),
