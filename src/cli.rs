@@ -33,6 +33,15 @@ pub struct Cli {
 pub enum Command {
     /// Take one backup now: dump, compress, store, write the manifest, push metrics.
     Run(Box<RunArgs>),
+    /// List the backups at the destination, newest first (debris and old archives too).
+    List(ListArgs),
+    /// Check a stored backup without touching any database: sha256, decompression, and
+    /// that pg_restore reads the whole archive.
+    Verify(VerifyArgs),
+    /// Restore a backup into a database.
+    Restore(Box<RestoreArgs>),
+    /// Restore a stored backup into a scratch database and check it against its manifest.
+    Drill(Box<DrillCommandArgs>),
     /// Print the next times a cron schedule fires (checks an expression the way `run
     /// --schedule` and the deployment files use it).
     NextRun(NextRunArgs),
@@ -84,6 +93,154 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+
+    /// After storing the backup, read it back from the destination, restore it into a
+    /// scratch database and check it against the manifest (see "Restore drill").
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_RESTORE_DRILL",
+        help_heading = "Restore drill"
+    )]
+    pub restore_drill: bool,
+
+    #[command(flatten)]
+    pub drill: DrillArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Restore drill")]
+pub struct DrillArgs {
+    /// Server on which the drill creates (and drops) its scratch database
+    /// `leaflock_drill_<run id>`; the URL's database is only used to connect. A separate
+    /// server is the safer choice in production. Default: the source server.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_DRILL_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub drill_database_url: Option<String>,
+
+    /// SQL run on the restored database that must return true (repeatable; in the
+    /// variable, one check per line).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_DRILL_CHECK",
+        value_delimiter = '\n',
+        value_name = "SQL"
+    )]
+    pub drill_check: Vec<String>,
+
+    /// Keep the scratch database after the drill (for inspection).
+    #[arg(long, env = "LEAFLOCK_BACKUP_KEEP_DRILL_DATABASE")]
+    pub keep_drill_database: bool,
+
+    /// pg_restore to use. Default: the first one of the archive's major version or newer
+    /// found in PATH, then /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "LEAFLOCK_BACKUP_PG_RESTORE", value_name = "PATH")]
+    pub pg_restore: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// Print JSON (one array) instead of a table.
+    #[arg(long, env = "LEAFLOCK_BACKUP_LIST_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The object key as `list` prints it, or `latest`.
+    #[arg(default_value = "latest", value_name = "KEY|latest")]
+    pub key: String,
+
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// pg_restore to use. Default: found by the archive's version.
+    #[arg(long, env = "LEAFLOCK_BACKUP_PG_RESTORE", value_name = "PATH")]
+    pub pg_restore: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The object key as `list` prints it, or `latest`.
+    #[arg(default_value = "latest", value_name = "KEY|latest")]
+    pub key: String,
+
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// The database to restore into (it must exist). The restore never goes into another
+    /// database, whatever the archive says.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_TARGET_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub target_database_url: Option<String>,
+
+    /// Restore into a database that already has tables, dropping the archive's objects
+    /// before recreating them.
+    #[arg(long, env = "LEAFLOCK_BACKUP_RESTORE_CLEAN")]
+    pub clean: bool,
+
+    /// Do not restore ownership: objects are owned by the restoring user (use when the
+    /// target server lacks the archive's roles).
+    #[arg(long, env = "LEAFLOCK_BACKUP_RESTORE_NO_OWNER")]
+    pub no_owner: bool,
+
+    /// Do not ask for confirmation on a terminal.
+    #[arg(long, short = 'y', env = "LEAFLOCK_BACKUP_RESTORE_YES")]
+    pub yes: bool,
+
+    /// Parallel pg_restore jobs. Above 1 the archive is first spooled (decompressed) to a
+    /// temporary file in TMPDIR, because parallel restore needs a seekable file.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_RESTORE_JOBS",
+        default_value_t = 1,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub jobs: i64,
+
+    /// pg_restore to use. Default: found by the archive's version.
+    #[arg(long, env = "LEAFLOCK_BACKUP_PG_RESTORE", value_name = "PATH")]
+    pub pg_restore: Option<PathBuf>,
+
+    /// Seconds to wait for the database connection.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECONDS"
+    )]
+    pub connect_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillCommandArgs {
+    /// The object key as `list` prints it, or `latest`.
+    #[arg(default_value = "latest", value_name = "KEY|latest")]
+    pub key: String,
+
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// Default drill server when --drill-database-url is not given (same fallbacks as `run`).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub drill: DrillArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Clone, Args)]

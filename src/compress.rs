@@ -39,6 +39,18 @@ impl Compressor for Gzip {
     }
 }
 
+/// The read side: a decompressing reader for an object stored with `algorithm` (the
+/// manifest's `compression.algorithm`).
+pub fn decoder<'a>(
+    algorithm: &str,
+    input: Box<dyn std::io::Read + Send + 'a>,
+) -> anyhow::Result<Box<dyn std::io::Read + Send + 'a>> {
+    match algorithm {
+        "gzip" => Ok(Box::new(flate2::read::MultiGzDecoder::new(input))),
+        other => anyhow::bail!("unknown compression {other:?} in the manifest"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +73,12 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, input);
+        let mut via_decoder = Vec::new();
+        decoder("gzip", Box::new(&out[..]))
+            .unwrap()
+            .read_to_end(&mut via_decoder)
+            .unwrap();
+        assert_eq!(via_decoder, input);
+        assert!(decoder("lz4", Box::new(&out[..])).is_err());
     }
 }

@@ -6,8 +6,11 @@
 //! variable and what was expected. Resolution takes the environment as a function so
 //! it can be tested without touching the process environment.
 
-use crate::cli::{DatabaseArgs, DestinationArgs, DumpArgs, MetricsArgs, RunArgs, ScheduleArgs};
+use crate::cli::{
+    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, MetricsArgs, RunArgs, ScheduleArgs,
+};
 use crate::conninfo::{ConnInfo, SslMode};
+use crate::drill::DrillOptions;
 use crate::error::usage;
 use crate::schedule::Schedule;
 use anyhow::Result;
@@ -33,6 +36,8 @@ pub struct RunConfig {
     pub compression: Compression,
     pub metrics: Option<MetricsConfig>,
     pub schedule: Option<Schedule>,
+    /// Set when `--restore-drill` asks for a drill after the backup.
+    pub drill: Option<DrillOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,14 +209,10 @@ pub fn resolve_database(args: &DatabaseArgs, env: EnvLookup) -> Result<DatabaseC
              or PGHOST (POSTGRESQL_HOST, POSTGRES_HOST) with its companions",
         );
     };
-    if let Some(p) = &args.pg_dump {
-        if !p.is_file() {
-            return usage(format!(
-                "--pg-dump / LEAFLOCK_BACKUP_PG_DUMP: {} is not a file",
-                p.display()
-            ));
-        }
-    }
+    check_tool_path(
+        args.pg_dump.as_deref(),
+        "--pg-dump / LEAFLOCK_BACKUP_PG_DUMP",
+    )?;
     if args.connect_timeout == 0 {
         return usage("--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT: expected seconds > 0");
     }
@@ -494,9 +495,54 @@ pub fn resolve_schedule(args: &ScheduleArgs, env: EnvLookup) -> Result<Option<Sc
     }
 }
 
+/// Drill settings; the scratch database goes to `--drill-database-url`, else to the
+/// source server.
+pub fn resolve_drill(args: &DrillArgs, source: &DatabaseConfig) -> Result<DrillOptions> {
+    let server = match args.drill_database_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(u) => ConnInfo::parse_url(u).or_else(|e| {
+            usage(format!(
+                "--drill-database-url / LEAFLOCK_BACKUP_DRILL_DATABASE_URL: {e}"
+            ))
+        })?,
+        None => source.conn.clone(),
+    };
+    let pg_restore = check_tool_path(
+        args.pg_restore.as_deref(),
+        "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
+    )?;
+    let checks: Vec<String> = args
+        .drill_check
+        .iter()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    Ok(DrillOptions {
+        server,
+        checks,
+        keep: args.keep_drill_database,
+        pg_restore,
+        connect_timeout: source.connect_timeout,
+    })
+}
+
+/// An explicitly configured tool path must be a file.
+pub fn check_tool_path(p: Option<&std::path::Path>, what: &str) -> Result<Option<PathBuf>> {
+    match p {
+        Some(p) if !p.is_file() => usage(format!("{what}: {} is not a file", p.display())),
+        other => Ok(other.map(|p| p.to_path_buf())),
+    }
+}
+
 pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
+    let database = resolve_database(&args.database, env)?;
+    let drill = if args.restore_drill {
+        Some(resolve_drill(&args.drill, &database)?)
+    } else {
+        None
+    };
     Ok(RunConfig {
-        database: resolve_database(&args.database, env)?,
+        drill,
+        database,
         destination: resolve_destination(&args.destination, env)?,
         compression: resolve_compression(&args.dump)?,
         metrics: resolve_metrics(&args.metrics)?,

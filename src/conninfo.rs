@@ -163,6 +163,14 @@ impl ConnInfo {
         self.host.starts_with('/')
     }
 
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> ConnInfo {
+        ConnInfo {
+            dbname: dbname.to_string(),
+            ..self.clone()
+        }
+    }
+
     fn render(&self, password: Option<&str>) -> String {
         let mut s = String::from("postgresql://");
         s.push_str(&pct(&self.user));

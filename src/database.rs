@@ -96,10 +96,19 @@ pub async fn server_version(client: &Client) -> Result<ServerVersion> {
     })
 }
 
+/// What the dump's snapshot holds, as the manifest records it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: String,
+    pub tables: Vec<TableCount>,
+    pub extensions: Vec<String>,
+    pub indexes: Vec<String>,
+}
+
 /// Begin a REPEATABLE READ transaction on `client`, export its snapshot, and count the
 /// rows of every table pg_dump will dump, in that snapshot. The transaction stays open
 /// until the client is dropped.
-pub async fn pin_snapshot(client: &Client) -> Result<(String, Vec<TableCount>)> {
+pub async fn pin_snapshot(client: &Client) -> Result<Snapshot> {
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
@@ -140,7 +149,40 @@ pub async fn pin_snapshot(client: &Client) -> Result<(String, Vec<TableCount>)> 
             .get(0);
         counts.push(t);
     }
-    Ok((snapshot, counts))
+    let (extensions, indexes) = schema_objects(client).await?;
+    Ok(Snapshot {
+        id: snapshot,
+        tables: counts,
+        extensions,
+        indexes,
+    })
+}
+
+/// Extensions (by name) and indexes (`schema.name`) of user schemas, sorted.
+pub async fn schema_objects(client: &Client) -> Result<(Vec<String>, Vec<String>)> {
+    let extensions = client
+        .query(
+            "SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("cannot list extensions")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let indexes = client
+        .query(
+            "SELECT schemaname::text || '.' || indexname::text FROM pg_indexes
+              WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+                AND schemaname NOT LIKE 'pg\\_toast%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("cannot list indexes")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((extensions, indexes))
 }
 
 fn tls_connector(conn: &ConnInfo) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {

@@ -2,19 +2,23 @@
 //! tokio runtime, turn its result into the exit status of the contract (see
 //! `error.rs`).
 
+mod catalog;
 mod cli;
 mod commands;
 mod compress;
 mod config;
 mod conninfo;
 mod database;
+mod drill;
 mod dump;
 mod error;
 mod logging;
 mod manifest;
 mod metrics;
+mod pgtool;
 mod pipeline;
 mod progress;
+mod readback;
 mod schedule;
 mod signals;
 mod storage;
@@ -40,6 +44,10 @@ fn main() {
         match &cli.command {
             cli::Command::Run(args) => commands::run::execute(args, term).await,
             cli::Command::NextRun(args) => commands::next_run::execute(args),
+            cli::Command::List(args) => commands::list::execute(args).await,
+            cli::Command::Verify(args) => commands::verify::execute(args).await,
+            cli::Command::Restore(args) => commands::restore::execute(args).await,
+            cli::Command::Drill(args) => commands::drill::execute(args).await,
         }
     });
     let code = match result {
@@ -49,7 +57,13 @@ fn main() {
             let what = match code {
                 error::EXIT_USAGE => "configuration error",
                 error::EXIT_LOCKED => "another run is in progress",
-                _ => "backup failed",
+                _ => match &cli.command {
+                    cli::Command::Run(_) => "backup failed",
+                    cli::Command::Verify(_) => "verification failed",
+                    cli::Command::Restore(_) => "restore failed",
+                    cli::Command::Drill(_) => "restore drill failed",
+                    _ => "failed",
+                },
             };
             tracing::error!(error = format!("{e:#}"), exit_code = code, "{what}: {e:#}");
             code

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 pub const OBJECT_STEM: &str = "leaflock_backup_";
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+pub const DRILL_SUFFIX: &str = ".drill.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -42,6 +43,12 @@ pub struct Manifest {
     pub snapshot: String,
     /// Exact row count of every table, counted in the dump's snapshot.
     pub tables: Vec<TableCount>,
+    /// Extensions installed in the database when it was dumped.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Indexes (`schema.name`) present when it was dumped.
+    #[serde(default)]
+    pub indexes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,14 +73,24 @@ pub fn object_key(prefix: &str, at: DateTime<Utc>, extension: &str) -> String {
     )
 }
 
+/// The common stem of an object and its companions: the key without `.dump...`.
+pub fn stem(object_key: &str) -> &str {
+    match object_key.rfind(".dump.") {
+        Some(i) => &object_key[..i],
+        None => object_key,
+    }
+}
+
 /// The manifest key beside an object key: the `.dump...` suffix replaced by
 /// `.manifest.json`.
 pub fn manifest_key(object_key: &str) -> String {
-    let base = match object_key.rfind(".dump.") {
-        Some(i) => &object_key[..i],
-        None => object_key,
-    };
-    format!("{base}{MANIFEST_SUFFIX}")
+    format!("{}{MANIFEST_SUFFIX}", stem(object_key))
+}
+
+/// The drill record beside an object key (`.drill.json`): the outcome of the latest
+/// restore drill of that backup.
+pub fn drill_key(object_key: &str) -> String {
+    format!("{}{DRILL_SUFFIX}", stem(object_key))
 }
 
 impl Manifest {
@@ -83,7 +100,6 @@ impl Manifest {
         v
     }
 
-    #[allow(dead_code)] // the read side (verify, restore, list) builds on it
     pub fn from_json(data: &[u8]) -> Result<Manifest, String> {
         let m: Manifest =
             serde_json::from_slice(data).map_err(|e| format!("not a valid manifest: {e}"))?;
@@ -153,6 +169,8 @@ mod tests {
                 name: "notes".into(),
                 rows: 3,
             }],
+            extensions: vec!["pg_trgm".into()],
+            indexes: vec!["public.notes_pkey".into()],
         };
         let json = m.to_json();
         assert_eq!(Manifest::from_json(&json).unwrap(), m);

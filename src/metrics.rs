@@ -88,6 +88,14 @@ pub struct BackupOutcome {
     pub next_run: Option<DateTime<Utc>>,
 }
 
+/// What one restore drill contributes.
+#[derive(Debug, Clone)]
+pub struct DrillOutcome {
+    pub success: bool,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+}
+
 fn ts(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
@@ -112,6 +120,16 @@ impl GroupState {
         if o.next_run.is_some() {
             self.next_run = o.next_run.map(ts);
         }
+    }
+
+    pub fn add_drill(&mut self, o: &DrillOutcome) {
+        if o.success {
+            self.drills_success += 1.0;
+            self.drill_last_success = Some(ts(o.finished_at));
+        } else {
+            self.drills_failure += 1.0;
+        }
+        self.drill_duration.observe(o.duration_seconds);
     }
 
     /// Read the group out of `GET /api/v1/metrics`. `None` when the group is absent.
@@ -430,8 +448,14 @@ impl Pushgateway {
         Ok(())
     }
 
-    /// Read back, add this run, push. `database` is the grouping label value.
-    pub async fn push_backup(&self, database: &str, outcome: &BackupOutcome) -> Result<PushReport> {
+    /// Read back, add this run's backup and/or drill, push. `database` is the grouping
+    /// label value.
+    pub async fn push(
+        &self,
+        database: &str,
+        backup: Option<&BackupOutcome>,
+        drill: Option<&DrillOutcome>,
+    ) -> Result<PushReport> {
         let (mut state, cumulative) = match self.read(database).await {
             Ok(s) => (s.unwrap_or_default(), true),
             Err(e) => {
@@ -443,7 +467,12 @@ impl Pushgateway {
                 (GroupState::default(), false)
             }
         };
-        state.add_backup(outcome);
+        if let Some(b) = backup {
+            state.add_backup(b);
+        }
+        if let Some(d) = drill {
+            state.add_drill(d);
+        }
         self.put(database, &state).await?;
         Ok(PushReport { cumulative, state })
     }
@@ -490,6 +519,28 @@ mod tests {
         );
         assert!(
             text.contains("leaflock_backup_duration_seconds_count 3"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("leaflock_restore_drills_total"),
+            "no drill yet: {text}"
+        );
+        s.add_drill(&DrillOutcome {
+            success: false,
+            finished_at: Utc::now(),
+            duration_seconds: 40.0,
+        });
+        let text = String::from_utf8(s.to_text("j", "d")).unwrap();
+        assert!(
+            text.contains("leaflock_restore_drills_total{status=\"failure\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaflock_restore_drills_total{status=\"success\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("leaflock_restore_drill_last_success"),
             "{text}"
         );
     }

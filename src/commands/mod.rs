@@ -1,4 +1,8 @@
 //! One file per subcommand.
 
+pub mod drill;
+pub mod list;
 pub mod next_run;
+pub mod restore;
 pub mod run;
+pub mod verify;

@@ -14,10 +14,12 @@
 use crate::cli::RunArgs;
 use crate::config::{self, RunConfig};
 use crate::database;
-use crate::dump::{self, DumpProcess};
+use crate::drill::{self, DrillRecord};
+use crate::dump;
 use crate::logging::{self, Terminal};
 use crate::manifest::{self, CompressionInfo, Manifest};
-use crate::metrics::{BackupOutcome, Pushgateway};
+use crate::metrics::{BackupOutcome, DrillOutcome, Pushgateway};
+use crate::pgtool;
 use crate::pipeline::{self, StreamStats};
 use crate::progress::{human_bytes, Counters, Reporter};
 use crate::signals::Cancel;
@@ -29,14 +31,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What a successful run produced.
-#[derive(Debug)]
+/// What a successful backup produced.
 pub struct Summary {
-    pub object_key: String,
+    pub manifest: Manifest,
     pub manifest_key: String,
-    pub destination: String,
+    pub storage: Box<dyn Storage>,
     pub stats: StreamStats,
-    pub database: String,
 }
 
 pub fn new_run_id(at: DateTime<Utc>) -> String {
@@ -59,38 +59,74 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
         database_from = cfg.database.source,
         compression = format!("{}:{}", cfg.compression.name(), cfg.compression.level()),
         schedule = cfg.schedule.as_ref().map(|s| s.expression.as_str()),
+        restore_drill = cfg.drill.is_some(),
         "starting backup"
     );
 
     let result = backup(&cfg, &run_id, started, &cancel, term).await;
     let duration = clock.elapsed().as_secs_f64();
     let finished = Utc::now();
+    if let Ok(summary) = &result {
+        log_summary(summary, duration);
+    }
+
+    let drill = match (&result, &cfg.drill) {
+        (Ok(summary), Some(opts)) => {
+            let rec = drill::drill(
+                summary.storage.as_ref(),
+                &summary.manifest,
+                opts,
+                &run_id,
+                &cancel,
+            )
+            .await;
+            record_drill(summary.storage.as_ref(), &rec).await;
+            Some(rec)
+        }
+        _ => None,
+    };
+    let drill_failed = drill.as_ref().is_some_and(|d| !d.passed);
 
     if let Some(mcfg) = &cfg.metrics {
         let label = mcfg
             .database_label
             .clone()
             .unwrap_or_else(|| cfg.database.conn.dbname.clone());
-        let outcome = BackupOutcome {
-            success: result.is_ok(),
+        let backup = BackupOutcome {
+            success: result.is_ok() && !drill_failed,
             finished_at: finished,
             duration_seconds: duration,
             stored_bytes: result.as_ref().ok().map(|s| s.stats.stored_bytes),
             uncompressed_bytes: result.as_ref().ok().map(|s| s.stats.uncompressed_bytes),
             next_run: cfg.schedule.as_ref().and_then(|s| s.next_after(finished)),
         };
-        push_metrics(mcfg, &label, &outcome).await;
+        let drill = drill.as_ref().map(|d| DrillOutcome {
+            success: d.passed,
+            finished_at: d.finished_at,
+            duration_seconds: d.duration_seconds,
+        });
+        push_metrics(mcfg, &label, Some(&backup), drill.as_ref()).await;
     }
 
-    let summary = result?;
+    result?;
+    match drill {
+        Some(d) if !d.passed => Err(anyhow!(
+            "restore drill failed (the backup is kept, marked drill-failed): {}",
+            d.failures.join("; ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn log_summary(summary: &Summary, duration: f64) {
     let s = &summary.stats;
     let ratio = s.stored_bytes as f64 / s.uncompressed_bytes.max(1) as f64;
     let throughput = s.uncompressed_bytes as f64 / duration.max(0.001);
     tracing::info!(
-        key = %summary.object_key,
+        key = %summary.manifest.object_key,
         manifest_key = %summary.manifest_key,
-        destination = %summary.destination,
-        database = %summary.database,
+        destination = %summary.storage.describe(),
+        database = %summary.manifest.database,
         uncompressed_bytes = s.uncompressed_bytes,
         stored_bytes = s.stored_bytes,
         bytes = s.stored_bytes,
@@ -99,25 +135,67 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
         throughput_bytes_per_second = throughput.round() as u64,
         sha256 = %s.sha256,
         "backup complete: {} ({} -> {}, ratio {:.3}) in {:.1} s, {}/s",
-        summary.object_key,
+        summary.manifest.object_key,
         human_bytes(s.uncompressed_bytes),
         human_bytes(s.stored_bytes),
         ratio,
         duration,
         human_bytes(throughput as u64),
     );
-    Ok(())
 }
 
-async fn push_metrics(mcfg: &config::MetricsConfig, label: &str, outcome: &BackupOutcome) {
+/// Write the drill record beside the manifest and log the outcome.
+pub async fn record_drill(storage: &dyn Storage, rec: &DrillRecord) {
+    let key = manifest::drill_key(&rec.object_key);
+    let json = serde_json::to_vec_pretty(rec).expect("drill record serialises");
+    if let Err(e) = storage.put_small(&key, Bytes::from(json), true).await {
+        tracing::error!(
+            key,
+            error = format!("{e:#}"),
+            "could not write the drill record"
+        );
+    }
+    if rec.passed {
+        tracing::info!(
+            key = %rec.object_key,
+            drill_record = %key,
+            duration_seconds = (rec.duration_seconds * 1000.0).round() / 1000.0,
+            tables = rec.tables_checked,
+            rows = rec.rows_checked,
+            checks = rec.checks_run,
+            "restore drill passed: {} tables, {} rows, {} checks match the manifest",
+            rec.tables_checked,
+            rec.rows_checked,
+            rec.checks_run
+        );
+    } else {
+        tracing::error!(
+            key = %rec.object_key,
+            drill_record = %key,
+            duration_seconds = (rec.duration_seconds * 1000.0).round() / 1000.0,
+            failures = ?rec.failures,
+            "restore drill failed: {}",
+            rec.failures.join("; ")
+        );
+    }
+}
+
+/// Push this run's outcome; a Pushgateway problem is a warning, never a failure.
+pub async fn push_metrics(
+    mcfg: &config::MetricsConfig,
+    label: &str,
+    backup: Option<&BackupOutcome>,
+    drill: Option<&DrillOutcome>,
+) {
     let result = match Pushgateway::new(mcfg) {
-        Ok(pg) => pg.push_backup(label, outcome).await,
+        Ok(pg) => pg.push(label, backup, drill).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(report) => tracing::info!(
             pushgateway = %mcfg.url,
-            status = if outcome.success { "success" } else { "failure" },
+            backup_status = backup.map(|b| if b.success { "success" } else { "failure" }),
+            drill_status = drill.map(|d| if d.success { "success" } else { "failure" }),
             success_total = report.state.success_total,
             failure_total = report.state.failure_total,
             cumulative = report.cumulative,
@@ -126,7 +204,7 @@ async fn push_metrics(mcfg: &config::MetricsConfig, label: &str, outcome: &Backu
         Err(e) => tracing::warn!(
             pushgateway = %mcfg.url,
             error = format!("{e:#}"),
-            "could not push metrics to the Pushgateway at {}; the backup's outcome is unaffected",
+            "could not push metrics to the Pushgateway at {}; the outcome is unaffected",
             mcfg.url
         ),
     }
@@ -163,7 +241,8 @@ async fn backup(
     )
     .await?;
     let version = cancellable(cancel, database::server_version(&client)).await?;
-    let tool = dump::select("pg_dump", cfg.database.pg_dump.as_deref(), version.major())?;
+    let tool = pgtool::select("pg_dump", cfg.database.pg_dump.as_deref(), version.major())
+        .with_context(|| format!("the server is PostgreSQL {}", version.major()))?;
     tracing::info!(
         server_version = %version.text,
         pg_dump = %tool.path.display(),
@@ -172,11 +251,11 @@ async fn backup(
         tool.path.display()
     );
 
-    let (snapshot, tables) = cancellable(cancel, database::pin_snapshot(&client)).await?;
-    let total_rows: i64 = tables.iter().map(|t| t.rows).sum();
+    let snap = cancellable(cancel, database::pin_snapshot(&client)).await?;
+    let total_rows: i64 = snap.tables.iter().map(|t| t.rows).sum();
     tracing::info!(
-        snapshot = %snapshot,
-        tables = tables.len(),
+        snapshot = %snap.id,
+        tables = snap.tables.len(),
         rows = total_rows,
         "snapshot pinned and rows counted"
     );
@@ -192,7 +271,7 @@ async fn backup(
     }
 
     let counters = Arc::new(Counters::default());
-    let (dump, stdout) = DumpProcess::spawn(&tool, conn, &snapshot)?;
+    let (dump, stdout) = dump::spawn(&tool, conn, &snap.id)?;
     tracing::debug!(pid = dump.pid(), "pg_dump started");
     let mut writer = match cancellable(cancel, storage.create(&object_key)).await {
         Ok(w) => w,
@@ -262,11 +341,13 @@ async fn backup(
         uncompressed_bytes: stats.uncompressed_bytes,
         stored_bytes: stats.stored_bytes,
         sha256: stats.sha256.clone(),
-        snapshot,
-        tables,
+        snapshot: snap.id,
+        tables: snap.tables,
+        extensions: snap.extensions,
+        indexes: snap.indexes,
     };
     if let Err(e) = storage
-        .put_small(&manifest_key, Bytes::from(manifest.to_json()))
+        .put_small(&manifest_key, Bytes::from(manifest.to_json()), false)
         .await
     {
         remove_orphan(storage.as_ref(), &object_key).await;
@@ -279,11 +360,10 @@ async fn backup(
         );
     }
     Ok(Summary {
-        object_key,
+        manifest,
         manifest_key,
-        destination: storage.describe(),
+        storage,
         stats,
-        database: conn.dbname.clone(),
     })
 }
 

@@ -5,12 +5,14 @@
 //! the directory fsynced. A crash leaves at most a `.partial` file, never a partial
 //! object under a final name.
 
-use super::{ObjectWriter, Storage};
+use super::{ObjectInfo, ObjectWriter, Storage};
 use crate::config::LocalConfig;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
+use tokio::io::AsyncRead;
 use tokio::io::AsyncWriteExt;
 
 pub struct LocalStorage {
@@ -119,13 +121,50 @@ impl Storage for LocalStorage {
         }))
     }
 
-    async fn put_small(&self, key: &str, data: Bytes) -> Result<()> {
+    async fn put_small(&self, key: &str, data: Bytes, replace: bool) -> Result<()> {
+        if replace {
+            let final_path = self.path(key)?;
+            let tmp = temp_path(&final_path);
+            let r: Result<()> = async {
+                tokio::fs::write(&tmp, &data).await?;
+                tokio::fs::File::open(&tmp).await?.sync_all().await?;
+                tokio::fs::rename(&tmp, &final_path).await?;
+                Ok(())
+            }
+            .await;
+            if r.is_err() {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            return r.with_context(|| format!("cannot write {}", final_path.display()));
+        }
         let mut w = self.create(key).await?;
         if let Err(e) = w.write(data).await {
             let _ = w.abort().await;
             return Err(e);
         }
         w.finish().await.map(|_| ())
+    }
+
+    async fn open_read(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let p = self.path(key)?;
+        let f = tokio::fs::File::open(&p)
+            .await
+            .with_context(|| format!("cannot open {}", p.display()))?;
+        Ok(Box::new(f))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let dir = self.dir.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let start = dir.join(prefix.trim_end_matches('/'));
+            if start.is_dir() {
+                walk(&dir, &start, &mut out)?;
+            }
+            Ok(out)
+        })
+        .await?
     }
 
     async fn get_small(&self, key: &str) -> Result<Bytes> {
@@ -146,6 +185,29 @@ impl Storage for LocalStorage {
             .await
             .with_context(|| format!("cannot delete {}", p.display()))
     }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if meta.is_file() {
+            let key = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+                modified: meta.modified().ok().map(DateTime::<Utc>::from),
+            });
+        }
+    }
+    Ok(())
 }
 
 struct LocalWriter {

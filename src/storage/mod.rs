@@ -15,6 +15,16 @@ use crate::config::DestinationConfig;
 use anyhow::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+/// One stored object, as listed.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<DateTime<Utc>>,
+}
 
 #[async_trait]
 pub trait Storage: Send + Sync {
@@ -27,12 +37,18 @@ pub trait Storage: Send + Sync {
     /// Start writing an object at `key`.
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
 
-    /// Write a small object (a manifest) atomically.
-    async fn put_small(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Write a small object (a manifest, a drill record) atomically. Without `replace`,
+    /// an existing object at `key` is an error and stays untouched.
+    async fn put_small(&self, key: &str, data: Bytes, replace: bool) -> Result<()>;
 
     /// Read a whole object into memory (small objects only: manifests).
-    #[allow(dead_code)] // the read side (verify, restore, list) builds on it
     async fn get_small(&self, key: &str) -> Result<Bytes>;
+
+    /// Open an object for streaming.
+    async fn open_read(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>>;
+
+    /// Every object under `prefix`, in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
 
     /// Whether an object exists at `key`.
     async fn exists(&self, key: &str) -> Result<bool>;

@@ -9,7 +9,7 @@
 //! Transient errors are retried by the SDK's standard retry mode (exponential backoff
 //! with jitter) up to `max_attempts`.
 
-use super::{ObjectWriter, Storage};
+use super::{ObjectInfo, ObjectWriter, Storage};
 use crate::config::S3Config;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
@@ -18,7 +18,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
 use std::time::Duration;
+use tokio::io::AsyncRead;
 use tokio::task::JoinSet;
 
 pub struct S3Storage {
@@ -158,23 +160,81 @@ impl Storage for S3Storage {
         }))
     }
 
-    async fn put_small(&self, key: &str, data: Bytes) -> Result<()> {
-        self.client
+    async fn put_small(&self, key: &str, data: Bytes, replace: bool) -> Result<()> {
+        let mut req = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/json")
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| {
+            .body(ByteStream::from(data));
+        if !replace {
+            req = req.if_none_match("*");
+        }
+        req.send().await.map_err(|e| {
+            if e.raw_response().map(|r| r.status().as_u16()) == Some(412) {
+                anyhow!(
+                    "{key} already exists in {}; not overwriting it",
+                    self.where_
+                )
+            } else {
                 anyhow!(
                     "cannot write {key} to {}: {}",
                     self.where_,
                     describe_error(&e)
                 )
-            })?;
+            }
+        })?;
         Ok(())
+    }
+
+    async fn open_read(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot read {key} from {}: {}",
+                    self.where_,
+                    describe_error(&e)
+                )
+            })?;
+        Ok(Box::new(out.body.into_async_read()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                anyhow!(
+                    "cannot list {prefix} in {}: {}",
+                    self.where_,
+                    describe_error(&e)
+                )
+            })?;
+            for o in page.contents() {
+                let Some(key) = o.key() else { continue };
+                out.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn get_small(&self, key: &str) -> Result<Bytes> {

@@ -1,0 +1,193 @@
+//! What is stored under the prefix: backups (an object with its manifest, and the
+//! latest drill record if any), archives of LeafLock's old backup script, and
+//! everything else (debris: objects without a manifest, manifests without an object,
+//! temporary files). `list` shows all of it; nothing is hidden.
+
+use crate::drill::DrillRecord;
+use crate::error::usage;
+use crate::manifest::{self, Manifest};
+use crate::storage::{ObjectInfo, Storage};
+use anyhow::{bail, Result};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Serialize;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    /// An object with this tool's manifest.
+    Backup {
+        manifest: Box<Manifest>,
+        drill: Option<DrillRecord>,
+    },
+    /// `leaflock_backup_YYYYmmdd_HHMMSS.sql.gz.enc` from LeafLock's old script.
+    Legacy,
+    /// A manifest that does not parse.
+    BadManifest { error: String },
+    /// A manifest whose object is missing.
+    ManifestWithoutObject,
+    /// An object without a manifest: an interrupted run, or a stranger.
+    NoManifest,
+    /// A temporary file of a local-directory run in progress or interrupted.
+    Partial,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub key: String,
+    pub time: Option<DateTime<Utc>>,
+    pub size: u64,
+    #[serde(flatten)]
+    pub kind: Kind,
+}
+
+impl Entry {
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match &self.kind {
+            Kind::Backup { manifest, .. } => Some(manifest),
+            _ => None,
+        }
+    }
+}
+
+fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// `leaflock_backup_20261125T020000Z...` or the old script's `leaflock_backup_20261125_020000...`.
+pub fn time_from_name(key: &str) -> Option<DateTime<Utc>> {
+    let rest = file_name(key).strip_prefix(manifest::OBJECT_STEM)?;
+    if let Some(ts) = rest.get(..16) {
+        if let Ok(t) = NaiveDateTime::parse_from_str(ts, "%Y%m%dT%H%M%SZ") {
+            return Some(t.and_utc());
+        }
+    }
+    let ts = rest.get(..15)?;
+    NaiveDateTime::parse_from_str(ts, "%Y%m%d_%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+pub fn is_legacy(key: &str) -> bool {
+    let n = file_name(key);
+    n.starts_with(manifest::OBJECT_STEM) && (n.ends_with(".sql.gz.enc") || n.ends_with(".sql.gz"))
+}
+
+/// Everything under `prefix`, newest first.
+pub async fn scan(storage: &dyn Storage, prefix: &str) -> Result<Vec<Entry>> {
+    let objects = storage.list(prefix).await?;
+    let by_key: HashMap<&str, &ObjectInfo> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
+    let mut entries = Vec::new();
+    let mut claimed: Vec<&str> = Vec::new();
+    for o in &objects {
+        if !o.key.ends_with(manifest::MANIFEST_SUFFIX) {
+            continue;
+        }
+        claimed.push(&o.key);
+        let data = storage.get_small(&o.key).await?;
+        let m = match Manifest::from_json(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                entries.push(Entry {
+                    key: o.key.clone(),
+                    time: time_from_name(&o.key).or(o.modified),
+                    size: o.size,
+                    kind: Kind::BadManifest { error: e },
+                });
+                continue;
+            }
+        };
+        let Some(obj) = by_key.get(m.object_key.as_str()) else {
+            entries.push(Entry {
+                key: o.key.clone(),
+                time: Some(m.started_at),
+                size: 0,
+                kind: Kind::ManifestWithoutObject,
+            });
+            continue;
+        };
+        claimed.push(&obj.key);
+        let dkey = manifest::drill_key(&m.object_key);
+        let drill = if by_key.contains_key(dkey.as_str()) {
+            claimed.push(by_key[dkey.as_str()].key.as_str());
+            storage
+                .get_small(&dkey)
+                .await
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+        } else {
+            None
+        };
+        entries.push(Entry {
+            key: obj.key.clone(),
+            time: Some(m.started_at),
+            size: obj.size,
+            kind: Kind::Backup {
+                manifest: Box::new(m),
+                drill,
+            },
+        });
+    }
+    for o in &objects {
+        if claimed.contains(&o.key.as_str()) {
+            continue;
+        }
+        let kind = if file_name(&o.key).starts_with('.') && o.key.contains(".partial-") {
+            Kind::Partial
+        } else if is_legacy(&o.key) {
+            Kind::Legacy
+        } else {
+            Kind::NoManifest
+        };
+        entries.push(Entry {
+            key: o.key.clone(),
+            time: time_from_name(&o.key).or(o.modified),
+            size: o.size,
+            kind,
+        });
+    }
+    entries.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.key.cmp(&a.key)));
+    Ok(entries)
+}
+
+/// The entry a command names: `latest` (the newest backup with a manifest) or a key as
+/// `list` prints it.
+pub fn resolve<'a>(entries: &'a [Entry], key: &str) -> Result<&'a Entry> {
+    if key == "latest" {
+        return match entries.iter().find(|e| e.manifest().is_some()) {
+            Some(e) => Ok(e),
+            None => bail!("there is no backup with a manifest under this prefix"),
+        };
+    }
+    match entries.iter().find(|e| e.key == key) {
+        Some(e) => Ok(e),
+        None => usage(format!(
+            "KEY: no object {key:?} under this prefix (give a key as `leaflock-backup list` prints it, or latest)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_from_both_naming_schemes() {
+        assert_eq!(
+            time_from_name("backups/2026/11/25/leaflock_backup_20261125T020003Z.dump.gz"),
+            Some(Utc.with_ymd_and_hms(2026, 11, 25, 2, 0, 3).unwrap())
+        );
+        assert_eq!(
+            time_from_name("backups/2026/11/25/leaflock_backup_20261125_020003.sql.gz.enc"),
+            Some(Utc.with_ymd_and_hms(2026, 11, 25, 2, 0, 3).unwrap())
+        );
+        assert!(is_legacy(
+            "backups/2026/11/25/leaflock_backup_20261125_020003.sql.gz.enc"
+        ));
+        assert!(!is_legacy(
+            "backups/x/leaflock_backup_20261125T020003Z.dump.gz"
+        ));
+        assert_eq!(time_from_name("backups/other.bin"), None);
+    }
+}

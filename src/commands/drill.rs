@@ -1,0 +1,59 @@
+//! `leaflock-backup drill [KEY|latest]`: a restore drill of a backup already stored
+//! (the weekly drill of the latest nightly backup, say), without taking a new one.
+//! Same drill as `run --restore-drill`; the record is written beside the manifest and
+//! `leaflock_restore_drills_total` etc. are pushed. Exit 1 when the drill fails.
+
+use crate::catalog::{self, Kind};
+use crate::cli::DrillCommandArgs;
+use crate::commands::run::{new_run_id, push_metrics, record_drill};
+use crate::config::{
+    process_env, resolve_database, resolve_destination, resolve_drill, resolve_metrics,
+};
+use crate::metrics::DrillOutcome;
+use crate::signals::Cancel;
+use crate::{drill, logging, storage};
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+
+pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
+    let dest = resolve_destination(&args.destination, &process_env)?;
+    let database = resolve_database(&args.database, &process_env)?;
+    let opts = resolve_drill(&args.drill, &database)?;
+    let metrics = resolve_metrics(&args.metrics)?;
+    let run_id = new_run_id(Utc::now());
+    logging::set_run_id(&run_id);
+    let cancel = Cancel::install().context("cannot install signal handlers")?;
+
+    let storage = storage::open(&dest).await?;
+    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
+    let entry = catalog::resolve(&entries, &args.key)?;
+    let Kind::Backup { manifest, .. } = &entry.kind else {
+        bail!(
+            "{} has no valid manifest: only backups of this tool can be drilled",
+            entry.key
+        );
+    };
+    let rec = drill::drill(storage.as_ref(), manifest, &opts, &run_id, &cancel).await;
+    record_drill(storage.as_ref(), &rec).await;
+    if let Some(m) = &metrics {
+        let label = m
+            .database_label
+            .clone()
+            .unwrap_or_else(|| manifest.database.clone());
+        let outcome = DrillOutcome {
+            success: rec.passed,
+            finished_at: rec.finished_at,
+            duration_seconds: rec.duration_seconds,
+        };
+        push_metrics(m, &label, None, Some(&outcome)).await;
+    }
+    if rec.passed {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "restore drill of {} failed: {}",
+            entry.key,
+            rec.failures.join("; ")
+        ))
+    }
+}

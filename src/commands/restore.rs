@@ -1,0 +1,246 @@
+//! `leaflock-backup restore [KEY|latest] --target-database-url URL`: put a backup back.
+//!
+//! Safety rules: the target must exist and be empty unless `--clean`; on a terminal
+//! the operator confirms unless `--yes`; the restore goes only into the named
+//! database. With one job the archive streams into `pg_restore --single-transaction`
+//! and the stream is closed only after the object's sha256 matched its manifest, so a
+//! corrupt object is never committed. With `--jobs N` (parallel restore needs a
+//! seekable file) the archive is first spooled to a temporary file and verified, then
+//! restored.
+
+use crate::catalog::{self, Kind};
+use crate::cli::RestoreArgs;
+use crate::config::{check_tool_path, process_env, resolve_destination};
+use crate::conninfo::ConnInfo;
+use crate::database;
+use crate::drill::check_integrity;
+use crate::error::{usage, UsageError};
+use crate::manifest::Manifest;
+use crate::pgtool::{self, PgTool, ToolProcess};
+use crate::signals::Cancel;
+use crate::storage::Storage;
+use crate::{readback, storage};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+pub async fn execute(args: &RestoreArgs) -> Result<()> {
+    let dest = resolve_destination(&args.destination, &process_env)?;
+    let Some(url) = args
+        .target_database_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    else {
+        return usage("--target-database-url / LEAFLOCK_BACKUP_TARGET_DATABASE_URL is required");
+    };
+    let target = ConnInfo::parse_url(url).map_err(|e| {
+        UsageError(format!(
+            "--target-database-url / LEAFLOCK_BACKUP_TARGET_DATABASE_URL: {e}"
+        ))
+    })?;
+    if !(1..=64).contains(&args.jobs) {
+        return usage(format!(
+            "--jobs / LEAFLOCK_BACKUP_RESTORE_JOBS: expected 1..64, got {}",
+            args.jobs
+        ));
+    }
+    let explicit = check_tool_path(
+        args.pg_restore.as_deref(),
+        "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
+    )?;
+    let cancel = Cancel::install().context("cannot install signal handlers")?;
+    let timeout = Duration::from_secs(args.connect_timeout.max(1));
+
+    let storage = storage::open(&dest).await?;
+    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
+    let entry = catalog::resolve(&entries, &args.key)?;
+    let manifest = match &entry.kind {
+        Kind::Backup { manifest, .. } => manifest.as_ref(),
+        Kind::Legacy => bail!(
+            "{} is an archive of LeafLock's old backup script; restoring it is not supported yet",
+            entry.key
+        ),
+        _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
+    };
+
+    let client = database::connect(&target, timeout).await?;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_toast%'",
+            &[],
+        )
+        .await
+        .context("cannot inspect the target database")?
+        .get(0);
+    drop(client);
+    if tables > 0 && !args.clean {
+        return usage(format!(
+            "the target database {} already has {tables} tables; pass --clean to replace what the \
+             backup contains, or restore into an empty database",
+            target.redacted()
+        ));
+    }
+    if !args.yes && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        confirm(&entry.key, manifest, &target, tables, args.clean)?;
+    }
+
+    let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
+    let tool = pgtool::select("pg_restore", explicit.as_deref(), major)
+        .with_context(|| format!("the archive was written by pg_dump {major}"))?;
+    tracing::info!(
+        key = %entry.key,
+        target = %target.redacted(),
+        clean = args.clean,
+        jobs = args.jobs,
+        pg_restore = %tool.path.display(),
+        "restoring"
+    );
+    let clock = Instant::now();
+    let job = async {
+        if args.jobs == 1 {
+            stream_restore(storage.as_ref(), manifest, &tool, &target, args).await
+        } else {
+            spooled_restore(storage.as_ref(), manifest, &tool, &target, args).await
+        }
+    };
+    tokio::select! {
+        biased;
+        sig = cancel.cancelled() => return Err(anyhow!("stopped by {sig}; the single-transaction restore was rolled back (with --jobs, what was restored stays)")),
+        r = job => r?,
+    }
+    tracing::info!(
+        key = %entry.key,
+        target = %target.redacted(),
+        duration_seconds = clock.elapsed().as_secs_f64(),
+        "restore complete"
+    );
+    Ok(())
+}
+
+fn confirm(key: &str, m: &Manifest, target: &ConnInfo, tables: i64, clean: bool) -> Result<()> {
+    eprint!(
+        "Restore {key} (database {}, taken {}) into {}{}? [y/N] ",
+        m.database,
+        m.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        target.redacted(),
+        if clean {
+            format!(", replacing objects among its {tables} tables")
+        } else {
+            String::new()
+        }
+    );
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+        Ok(())
+    } else {
+        Err(UsageError("restore cancelled at the prompt".into()).into())
+    }
+}
+
+fn pg_restore_cmd(tool: &PgTool, target: &ConnInfo, args: &RestoreArgs) -> Command {
+    let mut cmd = Command::new(&tool.path);
+    cmd.arg("--exit-on-error")
+        .arg(format!("--dbname={}", target.url_without_password()))
+        .envs(target.libpq_env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if args.clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    if args.no_owner {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
+    cmd
+}
+
+async fn stream_restore(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    tool: &PgTool,
+    target: &ConnInfo,
+    args: &RestoreArgs,
+) -> Result<()> {
+    let mut cmd = pg_restore_cmd(tool, target, args);
+    cmd.arg("--single-transaction").stdin(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", tool.path.display()))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let proc = ToolProcess::watch("pg_restore", child);
+    let report = readback::read_back(
+        storage,
+        &manifest.object_key,
+        &manifest.compression.algorithm,
+        stdin,
+        Some((&manifest.sha256, manifest.stored_bytes)),
+    )
+    .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            proc.stop().await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = check_integrity(manifest, &report) {
+        proc.stop().await;
+        return Err(e.context("nothing was restored (the transaction was rolled back)"));
+    }
+    let restored = proc.wait().await;
+    restored.context("pg_restore failed; nothing was restored (single transaction)")?;
+    if let Some(e) = report.consumer_error {
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn spooled_restore(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    tool: &PgTool,
+    target: &ConnInfo,
+    args: &RestoreArgs,
+) -> Result<()> {
+    let spool = tempfile::Builder::new()
+        .prefix("leaflock-restore-")
+        .suffix(".pgdump")
+        .tempfile()
+        .context("cannot create a spool file in TMPDIR")?;
+    tracing::info!(
+        spool = %spool.path().display(),
+        bytes = manifest.uncompressed_bytes,
+        "parallel restore needs a seekable archive: spooling the decompressed archive to a temporary file"
+    );
+    let file = tokio::fs::File::create(spool.path()).await?;
+    let report = readback::read_back(
+        storage,
+        &manifest.object_key,
+        &manifest.compression.algorithm,
+        file,
+        Some((&manifest.sha256, manifest.stored_bytes)),
+    )
+    .await?;
+    check_integrity(manifest, &report)?;
+    if let Some(e) = report.consumer_error {
+        return Err(e.context("cannot spool the archive"));
+    }
+    let mut cmd = pg_restore_cmd(tool, target, args);
+    cmd.arg(format!("--jobs={}", args.jobs))
+        .arg(spool.path())
+        .stdin(Stdio::null());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", tool.path.display()))?;
+    ToolProcess::watch("pg_restore", child)
+        .wait()
+        .await
+        .context("pg_restore failed; the target may hold a partial restore (parallel restore is not one transaction)")
+}

@@ -1,0 +1,88 @@
+//! `leaflock-backup verify [KEY|latest]`: stream a stored backup and prove it intact
+//! without touching any database — its sha256 and size against the manifest, its
+//! decompression to the end, and pg_restore reading every block of the archive
+//! (`pg_restore --file=/dev/null`). Exit 0 if intact, 1 if not, with the reason.
+
+use crate::catalog::{self, Kind};
+use crate::cli::VerifyArgs;
+use crate::config::{check_tool_path, process_env, resolve_destination};
+use crate::drill::check_integrity;
+use crate::pgtool::{self, ToolProcess};
+use crate::{readback, storage};
+use anyhow::{anyhow, bail, Context, Result};
+use std::process::Stdio;
+use tokio::process::Command;
+
+pub async fn execute(args: &VerifyArgs) -> Result<()> {
+    let dest = resolve_destination(&args.destination, &process_env)?;
+    let explicit = check_tool_path(
+        args.pg_restore.as_deref(),
+        "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
+    )?;
+    let storage = storage::open(&dest).await?;
+    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
+    let entry = catalog::resolve(&entries, &args.key)?;
+    let manifest = match &entry.kind {
+        Kind::Backup { manifest, .. } => manifest,
+        Kind::Legacy => bail!(
+            "{} is an archive of LeafLock's old backup script: it has no manifest, so there is no checksum to verify",
+            entry.key
+        ),
+        _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
+    };
+    let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
+    let tool = pgtool::select("pg_restore", explicit.as_deref(), major)?;
+    tracing::info!(key = %entry.key, pg_restore = %tool.path.display(), "verifying");
+
+    let mut child = Command::new(&tool.path)
+        .args(["--file=/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", tool.path.display()))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let proc = ToolProcess::watch("pg_restore", child);
+    let report = readback::read_back(
+        storage.as_ref(),
+        &manifest.object_key,
+        &manifest.compression.algorithm,
+        stdin,
+        Some((&manifest.sha256, manifest.stored_bytes)),
+    )
+    .await?;
+    if let Err(e) = check_integrity(manifest, &report) {
+        proc.stop().await;
+        return Err(e.context(format!("{} is NOT intact", entry.key)));
+    }
+    let read = proc.wait().await;
+    if let Some(e) = report.consumer_error {
+        return Err(e.context(format!("{} is NOT intact", entry.key)));
+    }
+    if !report.custom_format {
+        return Err(anyhow!(
+            "{} does not decompress to a pg_dump custom-format archive",
+            entry.key
+        ));
+    }
+    read.with_context(|| {
+        format!(
+            "{} is NOT intact: pg_restore cannot read the archive",
+            entry.key
+        )
+    })?;
+    tracing::info!(
+        key = %entry.key,
+        stored_bytes = report.stored_bytes,
+        uncompressed_bytes = report.archive_bytes,
+        sha256 = %report.sha256,
+        "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
+    );
+    println!(
+        "OK {} sha256={} bytes={}",
+        entry.key, report.sha256, report.stored_bytes
+    );
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! Restore drills: prove a stored backup restores.
+//!
+//! The drill reads the stored object back from the destination (not the local
+//! stream), checks its sha256 against the manifest while it streams, restores it with
+//! pg_restore into a scratch database `leaflock_drill_<run id>`, and checks the result
+//! against the manifest: every table with exactly the recorded row count, the
+//! extensions and indexes, and the operator's own SQL checks. The scratch database is
+//! dropped afterwards — after a failure or a signal too — unless asked to keep it.
+//!
+//! The outcome is a [`DrillRecord`], written beside the manifest (`.drill.json`) by the
+//! caller. A failed drill never deletes the backup: it may still be the best copy.
+
+use crate::conninfo::ConnInfo;
+use crate::database::{self, quote_ident};
+use crate::manifest::Manifest;
+use crate::pgtool::{self, ToolProcess};
+use crate::readback;
+use crate::signals::Cancel;
+use crate::storage::Storage;
+use anyhow::{anyhow, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    pub format_version: u32,
+    pub run_id: String,
+    pub object_key: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub passed: bool,
+    /// What failed, one line each (empty when passed).
+    pub failures: Vec<String>,
+    /// The drill server (password redacted) and the scratch database's name.
+    pub server: String,
+    pub scratch_database: String,
+    pub scratch_database_kept: bool,
+    pub pg_restore_version: String,
+    pub tables_checked: usize,
+    pub rows_checked: i64,
+    pub checks_run: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// Where to create the scratch database (the URL's database is only used to connect).
+    pub server: ConnInfo,
+    pub checks: Vec<String>,
+    pub keep: bool,
+    pub pg_restore: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+/// `leaflock_drill_<run id>`, lowercased to a plain identifier.
+pub fn scratch_name(run_id: &str) -> String {
+    let id: String = run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("leaflock_drill_{id}")
+}
+
+/// Run a drill of the backup described by `manifest`. Never returns an error: every
+/// failure is a line in the record.
+pub async fn drill(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    opts: &DrillOptions,
+    run_id: &str,
+    cancel: &Cancel,
+) -> DrillRecord {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let scratch = scratch_name(run_id);
+    let mut rec = DrillRecord {
+        format_version: 1,
+        run_id: run_id.to_string(),
+        object_key: manifest.object_key.clone(),
+        started_at,
+        finished_at: started_at,
+        duration_seconds: 0.0,
+        passed: false,
+        failures: Vec::new(),
+        server: opts.server.with_dbname(&scratch).redacted(),
+        scratch_database: scratch.clone(),
+        scratch_database_kept: false,
+        pg_restore_version: String::new(),
+        tables_checked: 0,
+        rows_checked: 0,
+        checks_run: 0,
+    };
+    tracing::info!(
+        key = %manifest.object_key,
+        scratch_database = %scratch,
+        server = %opts.server.redacted(),
+        "restore drill: restoring the stored backup into a scratch database"
+    );
+
+    let admin = match database::connect(&opts.server, opts.connect_timeout).await {
+        Ok(c) => c,
+        Err(e) => return finish(rec, clock, vec![format!("{e:#}")]),
+    };
+    if let Err(e) = admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(&scratch)
+        ))
+        .await
+    {
+        let msg = format!(
+            "cannot create the scratch database {scratch}: {}",
+            db_error(&e)
+        );
+        return finish(rec, clock, vec![msg]);
+    }
+
+    let failures = tokio::select! {
+        biased;
+        sig = cancel.cancelled() => vec![format!("stopped by {sig}")],
+        f = restore_and_check(storage, manifest, opts, &scratch, &mut rec) => f,
+    };
+
+    if opts.keep {
+        rec.scratch_database_kept = true;
+        tracing::warn!(scratch_database = %scratch, "keeping the scratch database as asked (--keep-drill-database)");
+    } else {
+        let drop_sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&scratch)
+        );
+        match admin.batch_execute(&drop_sql).await {
+            Ok(()) => tracing::info!(scratch_database = %scratch, "scratch database dropped"),
+            Err(e) => {
+                tracing::error!(scratch_database = %scratch, error = %db_error(&e), "could not drop the scratch database");
+                rec.scratch_database_kept = true;
+            }
+        }
+    }
+    finish(rec, clock, failures)
+}
+
+fn finish(mut rec: DrillRecord, clock: Instant, failures: Vec<String>) -> DrillRecord {
+    rec.finished_at = Utc::now();
+    rec.duration_seconds = clock.elapsed().as_secs_f64();
+    rec.passed = failures.is_empty();
+    rec.failures = failures;
+    rec
+}
+
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+async fn restore_and_check(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    opts: &DrillOptions,
+    scratch: &str,
+    rec: &mut DrillRecord,
+) -> Vec<String> {
+    let target = opts.server.with_dbname(scratch);
+    if let Err(e) = restore(storage, manifest, opts.pg_restore.as_deref(), &target, rec).await {
+        return vec![format!("{e:#}")];
+    }
+    match check(manifest, &opts.checks, &target, opts.connect_timeout, rec).await {
+        Ok(f) => f,
+        Err(e) => vec![format!("{e:#}")],
+    }
+}
+
+/// Stream the stored object into `pg_restore` on `target`, verifying its checksum.
+pub async fn restore(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    explicit: Option<&std::path::Path>,
+    target: &ConnInfo,
+    rec: &mut DrillRecord,
+) -> Result<()> {
+    let archive_major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
+    let tool = pgtool::select("pg_restore", explicit, archive_major)
+        .with_context(|| format!("the archive was written by pg_dump {archive_major}"))?;
+    rec.pg_restore_version = tool.version.clone();
+    let mut cmd = Command::new(&tool.path);
+    cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
+        .arg(format!("--dbname={}", target.url_without_password()))
+        .envs(target.libpq_env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", tool.path.display()))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let proc = ToolProcess::watch("pg_restore", child);
+    let report = match readback::read_back(
+        storage,
+        &manifest.object_key,
+        &manifest.compression.algorithm,
+        stdin,
+        Some((&manifest.sha256, manifest.stored_bytes)),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            proc.stop().await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = check_integrity(manifest, &report) {
+        proc.stop().await;
+        return Err(e);
+    }
+    let restored = proc.wait().await;
+    restored?;
+    if let Some(e) = report.consumer_error {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The stored object against its manifest: size and sha256.
+pub fn check_integrity(manifest: &Manifest, report: &readback::ReadReport) -> Result<()> {
+    if report.sha256 != manifest.sha256 || report.stored_bytes != manifest.stored_bytes {
+        return Err(anyhow!(
+            "sha256 mismatch: the manifest records {} ({} bytes) but the stored object hashes to {} \
+             ({} bytes); the object is corrupt or was replaced",
+            manifest.sha256,
+            manifest.stored_bytes,
+            report.sha256,
+            report.stored_bytes
+        ));
+    }
+    if report.consumer_error.is_none() && report.archive_bytes != manifest.uncompressed_bytes {
+        return Err(anyhow!(
+            "the object decompresses to {} bytes but the manifest records {}",
+            report.archive_bytes,
+            manifest.uncompressed_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Compare the restored database with the manifest; returns the failures.
+async fn check(
+    manifest: &Manifest,
+    checks: &[String],
+    target: &ConnInfo,
+    timeout: Duration,
+    rec: &mut DrillRecord,
+) -> Result<Vec<String>> {
+    let client = database::connect(target, timeout).await?;
+    let mut failures = Vec::new();
+    for t in &manifest.tables {
+        let sql = format!("SELECT count(*) FROM {}", t.qualified());
+        match client.query_one(&sql, &[]).await {
+            Ok(row) => {
+                let restored: i64 = row.get(0);
+                rec.tables_checked += 1;
+                rec.rows_checked += restored;
+                if restored != t.rows {
+                    failures.push(format!(
+                        "table {}.{}: expected {} rows, restored {} ({:+})",
+                        t.schema,
+                        t.name,
+                        t.rows,
+                        restored,
+                        restored - t.rows
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!(
+                "table {}.{} is missing from the restored database ({})",
+                t.schema,
+                t.name,
+                db_error(&e)
+            )),
+        }
+    }
+    let (extensions, indexes) = database::schema_objects(&client).await?;
+    for e in &manifest.extensions {
+        if !extensions.contains(e) {
+            failures.push(format!(
+                "extension {e} is missing from the restored database"
+            ));
+        }
+    }
+    for i in &manifest.indexes {
+        if !indexes.contains(i) {
+            failures.push(format!("index {i} is missing from the restored database"));
+        }
+    }
+    for sql in checks {
+        rec.checks_run += 1;
+        match client.query_opt(sql.as_str(), &[]).await {
+            Ok(Some(row)) => match row.try_get::<_, Option<bool>>(0) {
+                Ok(Some(true)) => {}
+                Ok(v) => failures.push(format!(
+                    "check {sql:?} returned {} instead of true",
+                    v.map(|b| b.to_string()).unwrap_or_else(|| "NULL".into())
+                )),
+                Err(_) => failures.push(format!("check {sql:?} must return one boolean column")),
+            },
+            Ok(None) => failures.push(format!("check {sql:?} returned no row")),
+            Err(e) => failures.push(format!("check {sql:?} failed: {}", db_error(&e))),
+        }
+    }
+    Ok(failures)
+}

@@ -1,0 +1,178 @@
+//! Reading a stored backup back: the object streams from the destination through
+//! sha256 and byte counting, then through decompression, into a sink (pg_restore's
+//! stdin, or nothing at all for a pure check).
+//!
+//! The hashing stage reads the object to its very end even when the consumer stops
+//! early, so a corrupted object is always reported as a checksum mismatch, the
+//! fundamental fault, rather than as whatever decompression or pg_restore tripped on.
+
+use crate::compress;
+use crate::storage::Storage;
+use anyhow::{anyhow, Context, Result};
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+const CHUNK: usize = 1 << 20;
+
+/// What reading an object back found.
+#[derive(Debug)]
+pub struct ReadReport {
+    pub stored_bytes: u64,
+    pub sha256: String,
+    /// Bytes after decompression that reached the sink.
+    pub archive_bytes: u64,
+    /// Why decompression or the sink stopped early, if it did.
+    pub consumer_error: Option<anyhow::Error>,
+    /// Whether the decompressed stream began like a custom-format archive.
+    pub custom_format: bool,
+}
+
+/// A `Read` over chunks arriving on a channel (used on a blocking thread).
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Stream `key` through sha256 and `algorithm`'s decoder into `sink`. An error is
+/// returned only when the object cannot be read at all; everything else is in the
+/// report for the caller to weigh.
+///
+/// With `expected` (sha256, size), the sink is closed only once the whole object has
+/// hashed to exactly that: a consumer that commits on end of input (pg_restore
+/// `--single-transaction`) never sees the end of a corrupt archive, and the caller
+/// can kill it so that nothing is committed.
+pub async fn read_back<W>(
+    storage: &dyn Storage,
+    key: &str,
+    algorithm: &str,
+    mut sink: W,
+    expected: Option<(&str, u64)>,
+) -> Result<ReadReport>
+where
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut object = storage.open_read(key).await?;
+    let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(4);
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(4);
+    let (hashed_tx, hashed_rx) = tokio::sync::oneshot::channel::<(u64, String)>();
+    let expected = expected.map(|(s, n)| (s.to_string(), n));
+    let algorithm = algorithm.to_string();
+
+    let decode = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut dec = compress::decoder(
+            &algorithm,
+            Box::new(ChannelReader {
+                rx: raw_rx,
+                current: Bytes::new(),
+            }),
+        )?;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                let n = dec
+                    .read(&mut buf[filled..])
+                    .context("decompression failed")?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            buf.truncate(filled);
+            if out_tx.blocking_send(Bytes::from(buf)).is_err() {
+                return Err(anyhow!("the consumer stopped reading"));
+            }
+        }
+    });
+
+    let hash = async move {
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut tx = Some(raw_tx);
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let n = object
+                .read_buf(&mut buf)
+                .await
+                .with_context(|| format!("reading {key}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf);
+            total += n as u64;
+            if let Some(t) = &tx {
+                if t.send(buf.freeze()).await.is_err() {
+                    tx = None; // the decoder stopped; keep hashing to the end
+                }
+            }
+        }
+        drop(tx);
+        let sha = hex::encode(hasher.finalize());
+        let _ = hashed_tx.send((total, sha.clone()));
+        Ok::<(u64, String), anyhow::Error>((total, sha))
+    };
+
+    let write = async move {
+        let mut n = 0u64;
+        let mut first = true;
+        let mut custom = false;
+        while let Some(b) = out_rx.recv().await {
+            if first {
+                custom = b.starts_with(crate::pipeline::CUSTOM_FORMAT_MAGIC);
+                first = false;
+            }
+            n += b.len() as u64;
+            sink.write_all(&b).await.context("writing the archive")?;
+        }
+        if let Some((sha, size)) = &expected {
+            match hashed_rx.await {
+                Ok((n, s)) if &s == sha && n == *size => {}
+                _ => anyhow::bail!(
+                    "the object does not match its manifest; the archive stream was not closed"
+                ),
+            }
+        }
+        sink.shutdown()
+            .await
+            .context("closing the archive stream")?;
+        Ok::<(u64, bool), anyhow::Error>((n, custom))
+    };
+
+    let (hashed, written) = tokio::join!(hash, write);
+    let decoded = decode
+        .await
+        .map_err(|e| anyhow!("decompression thread failed: {e}"))
+        .and_then(|r| r);
+    let (stored_bytes, sha256) = hashed?;
+    let (archive_bytes, custom_format, write_err) = match written {
+        Ok((n, c)) => (n, c, None),
+        Err(e) => (0, false, Some(e)),
+    };
+    Ok(ReadReport {
+        stored_bytes,
+        sha256,
+        archive_bytes,
+        consumer_error: write_err.or(decoded.err()),
+        custom_format,
+    })
+}
