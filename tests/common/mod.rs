@@ -225,29 +225,20 @@ pub fn runner() -> Command {
 /// A `run` against the test bed's S3 under `prefix`, with metrics grouped under
 /// `metrics_db`.
 pub fn s3_run(db_url: &str, prefix: &str, metrics_db: &str) -> Command {
-    let tb = testbed();
     let mut cmd = runner();
     cmd.arg("run")
         .env("LEAFLOCK_BACKUP_DATABASE_URL", db_url)
-        .env(
-            "LEAFLOCK_BACKUP_S3_BUCKET",
-            format!("s3://{}/{prefix}", tb.bucket()),
-        )
-        .env("LEAFLOCK_BACKUP_S3_ENDPOINT", tb.s3_endpoint())
-        .env(
-            "LEAFLOCK_BACKUP_S3_ACCESS_KEY",
-            tb.var("LEAFLOCK_TEST_S3_ACCESS_KEY"),
-        )
-        .env(
-            "LEAFLOCK_BACKUP_S3_SECRET_KEY",
-            tb.var("LEAFLOCK_TEST_S3_SECRET_KEY"),
-        )
-        .env(
-            "LEAFLOCK_BACKUP_S3_REGION",
-            tb.var("LEAFLOCK_TEST_S3_REGION"),
-        )
-        .env("LEAFLOCK_BACKUP_PUSHGATEWAY_URL", tb.pushgateway())
+        .env("LEAFLOCK_BACKUP_PUSHGATEWAY_URL", testbed().pushgateway())
         .env("LEAFLOCK_BACKUP_METRICS_DATABASE", metrics_db);
+    s3_env(&mut cmd, prefix);
+    cmd
+}
+
+/// Another subcommand (`list`, `verify`, `restore`, `drill`) against the test bucket.
+pub fn s3_cmd(sub: &str, prefix: &str) -> Command {
+    let mut cmd = runner();
+    cmd.arg(sub);
+    s3_env(&mut cmd, prefix);
     cmd
 }
 
@@ -355,6 +346,52 @@ pub fn s3_get(key: &str) -> Vec<u8> {
             .unwrap()
             .to_vec()
     })
+}
+
+pub fn s3_put(key: &str, data: Vec<u8>) {
+    rt().block_on(async {
+        s3().put_object()
+            .bucket(testbed().bucket())
+            .key(key)
+            .body(data.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    })
+}
+
+/// The environment that points a command at the test bucket under `prefix`.
+pub fn s3_env(cmd: &mut Command, prefix: &str) {
+    let tb = testbed();
+    cmd.env(
+        "LEAFLOCK_BACKUP_S3_BUCKET",
+        format!("s3://{}/{prefix}", tb.bucket()),
+    )
+    .env("LEAFLOCK_BACKUP_S3_ENDPOINT", tb.s3_endpoint())
+    .env(
+        "LEAFLOCK_BACKUP_S3_ACCESS_KEY",
+        tb.var("LEAFLOCK_TEST_S3_ACCESS_KEY"),
+    )
+    .env(
+        "LEAFLOCK_BACKUP_S3_SECRET_KEY",
+        tb.var("LEAFLOCK_TEST_S3_SECRET_KEY"),
+    )
+    .env(
+        "LEAFLOCK_BACKUP_S3_REGION",
+        tb.var("LEAFLOCK_TEST_S3_REGION"),
+    );
+}
+
+/// Databases on `pg` whose name starts with `prefix`.
+pub fn databases_like(pg: Pg, prefix: &str) -> Vec<String> {
+    psql(
+        pg,
+        &pg.admin_url(),
+        &format!("SELECT datname FROM pg_database WHERE starts_with(datname, '{prefix}')"),
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 /// Multipart uploads still open under `prefix`.
