@@ -194,6 +194,16 @@ pub struct RestoreArgs {
     #[arg(long, env = "LEAFLOCK_BACKUP_RESTORE_NO_OWNER")]
     pub no_owner: bool,
 
+    /// Password of archives made by LeafLock's old backup script (`.sql.gz.enc`,
+    /// `openssl enc -aes-256-cbc`). Fallback: BACKUP_ENCRYPTION_KEY.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_ENCRYPTION_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub encryption_key: Option<String>,
+
     /// Do not ask for confirmation on a terminal.
     #[arg(long, short = 'y', env = "LEAFLOCK_BACKUP_RESTORE_YES")]
     pub yes: bool,

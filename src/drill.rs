@@ -208,31 +208,23 @@ pub async fn restore(
         .with_context(|| format!("cannot start {}", tool.path.display()))?;
     let stdin = child.stdin.take().expect("piped stdin");
     let proc = ToolProcess::watch("pg_restore", child);
-    let report = match readback::read_back(
+    let report = readback::read_back(
         storage,
         &manifest.object_key,
-        &manifest.compression.algorithm,
+        readback::Decode::Compression(manifest.compression.algorithm.clone()),
         stdin,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )
-    .await
-    {
+    .await;
+    let (report, held) = match report {
         Ok(r) => r,
         Err(e) => {
             proc.stop().await;
             return Err(e);
         }
     };
-    if let Err(e) = check_integrity(manifest, &report) {
-        proc.stop().await;
-        return Err(e);
-    }
-    let restored = proc.wait().await;
-    restored?;
-    if let Some(e) = report.consumer_error {
-        return Err(e);
-    }
-    Ok(())
+    let integrity = check_integrity(manifest, &report);
+    readback::settle(report, held, proc, integrity).await
 }
 
 /// The stored object against its manifest: size and sha256.

@@ -12,6 +12,7 @@ mod database;
 mod drill;
 mod dump;
 mod error;
+mod legacy;
 mod logging;
 mod manifest;
 mod metrics;

@@ -6,8 +6,9 @@
 //! early, so a corrupted object is always reported as a checksum mismatch, the
 //! fundamental fault, rather than as whatever decompression or pg_restore tripped on.
 
-use crate::compress;
+use crate::pgtool::ToolProcess;
 use crate::storage::Storage;
+use crate::{compress, legacy};
 use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 const CHUNK: usize = 1 << 20;
+const CONSUMER_STOPPED: &str = "the consumer stopped reading";
 
 /// What reading an object back found.
 #[derive(Debug)]
@@ -28,6 +30,15 @@ pub struct ReadReport {
     pub consumer_error: Option<anyhow::Error>,
     /// Whether the decompressed stream began like a custom-format archive.
     pub custom_format: bool,
+}
+
+/// How the stored bytes become the archive.
+#[derive(Debug, Clone)]
+pub enum Decode {
+    /// This tool's objects: the manifest's compression algorithm.
+    Compression(String),
+    /// LeafLock's old script: openssl decryption, gzip, database statements removed.
+    Legacy { password: String },
 }
 
 /// A `Read` over chunks arriving on a channel (used on a blocking thread).
@@ -61,10 +72,10 @@ impl Read for ChannelReader {
 pub async fn read_back<W>(
     storage: &dyn Storage,
     key: &str,
-    algorithm: &str,
+    decode: Decode,
     mut sink: W,
     expected: Option<(&str, u64)>,
-) -> Result<ReadReport>
+) -> Result<(ReadReport, Option<W>)>
 where
     W: AsyncWrite + Unpin + Send,
 {
@@ -72,37 +83,42 @@ where
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(4);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(4);
     let (hashed_tx, hashed_rx) = tokio::sync::oneshot::channel::<(u64, String)>();
+    let (decoded_tx, decoded_rx) = tokio::sync::oneshot::channel::<bool>();
     let expected = expected.map(|(s, n)| (s.to_string(), n));
-    let algorithm = algorithm.to_string();
 
     let decode = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut dec = compress::decoder(
-            &algorithm,
-            Box::new(ChannelReader {
+        let r = (|| -> Result<()> {
+            let input = Box::new(ChannelReader {
                 rx: raw_rx,
                 current: Bytes::new(),
-            }),
-        )?;
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
-            while filled < CHUNK {
-                let n = dec
-                    .read(&mut buf[filled..])
-                    .context("decompression failed")?;
-                if n == 0 {
-                    break;
+            });
+            let mut dec = match &decode {
+                Decode::Compression(algorithm) => compress::decoder(algorithm, input)?,
+                Decode::Legacy { password } => legacy::decoder(input, password)?,
+            };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    let n = dec
+                        .read(&mut buf[filled..])
+                        .context("decompression failed")?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
                 }
-                filled += n;
+                if filled == 0 {
+                    return Ok(());
+                }
+                buf.truncate(filled);
+                if out_tx.blocking_send(Bytes::from(buf)).is_err() {
+                    return Err(anyhow!(CONSUMER_STOPPED));
+                }
             }
-            if filled == 0 {
-                return Ok(());
-            }
-            buf.truncate(filled);
-            if out_tx.blocking_send(Bytes::from(buf)).is_err() {
-                return Err(anyhow!("the consumer stopped reading"));
-            }
-        }
+        })();
+        let _ = decoded_tx.send(r.is_ok());
+        r
     });
 
     let hash = async move {
@@ -142,20 +158,39 @@ where
                 first = false;
             }
             n += b.len() as u64;
-            sink.write_all(&b).await.context("writing the archive")?;
+            if let Err(e) = sink.write_all(&b).await {
+                return (
+                    n,
+                    custom,
+                    Some(anyhow!(e).context("writing the archive")),
+                    None,
+                );
+            }
+        }
+        // Close the stream only after a complete decode (and, with `expected`, a
+        // matching checksum): a consumer that commits on end of input must never see
+        // the end of a truncated, undecodable or corrupt archive. The sink is handed
+        // back unclosed instead; the caller stops the consumer first.
+        if decoded_rx.await != Ok(true) {
+            let e = anyhow!("the archive did not decode to its end");
+            return (n, custom, Some(e), Some(sink));
         }
         if let Some((sha, size)) = &expected {
             match hashed_rx.await {
-                Ok((n, s)) if &s == sha && n == *size => {}
-                _ => anyhow::bail!(
-                    "the object does not match its manifest; the archive stream was not closed"
-                ),
+                Ok((hn, s)) if &s == sha && hn == *size => {}
+                _ => {
+                    let e = anyhow!("the object does not match its manifest");
+                    return (n, custom, Some(e), Some(sink));
+                }
             }
         }
-        sink.shutdown()
-            .await
-            .context("closing the archive stream")?;
-        Ok::<(u64, bool), anyhow::Error>((n, custom))
+        let closed = sink.shutdown().await.err();
+        (
+            n,
+            custom,
+            closed.map(|e| anyhow!(e).context("closing the archive stream")),
+            None,
+        )
     };
 
     let (hashed, written) = tokio::join!(hash, write);
@@ -164,15 +199,43 @@ where
         .map_err(|e| anyhow!("decompression thread failed: {e}"))
         .and_then(|r| r);
     let (stored_bytes, sha256) = hashed?;
-    let (archive_bytes, custom_format, write_err) = match written {
-        Ok((n, c)) => (n, c, None),
-        Err(e) => (0, false, Some(e)),
-    };
-    Ok(ReadReport {
+    let (archive_bytes, custom_format, write_err, held) = written;
+    let report = ReadReport {
         stored_bytes,
         sha256,
         archive_bytes,
-        consumer_error: write_err.or(decoded.err()),
+        // The decoder's own failure explains more than the sink's reaction to it;
+        // when the sink failed first, the decoder only saw it stop reading.
+        consumer_error: match decoded {
+            Err(d) if !d.to_string().contains(CONSUMER_STOPPED) => Some(d),
+            _ => write_err,
+        },
         custom_format,
-    })
+    };
+    Ok((report, held))
+}
+
+/// Finish a read-back into a PostgreSQL tool. When the stream was held open (the
+/// archive is corrupt, truncated or undecodable) the tool is stopped before its stdin
+/// closes, so it cannot commit; otherwise its exit status decides. `integrity` is the
+/// caller's verdict on the object (checksum against the manifest), reported first.
+pub async fn settle<W>(
+    report: ReadReport,
+    held: Option<W>,
+    tool: ToolProcess,
+    integrity: Result<()>,
+) -> Result<()> {
+    if integrity.is_err() || held.is_some() {
+        tool.stop().await;
+        drop(held);
+        integrity?;
+        return Err(report
+            .consumer_error
+            .unwrap_or_else(|| anyhow!("the archive stream was not completed")));
+    }
+    tool.wait().await?;
+    match report.consumer_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

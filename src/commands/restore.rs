@@ -57,15 +57,31 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
     let entry = catalog::resolve(&entries, &args.key)?;
     let manifest = match &entry.kind {
-        Kind::Backup { manifest, .. } => manifest.as_ref(),
-        Kind::Legacy => bail!(
-            "{} is an archive of LeafLock's old backup script; restoring it is not supported yet",
-            entry.key
-        ),
+        Kind::Backup { manifest, .. } => Some(manifest.as_ref()),
+        Kind::Legacy => None,
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
+    };
+    let legacy_key = match manifest {
+        Some(_) => None,
+        None => match args
+            .encryption_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .or_else(|| process_env("BACKUP_ENCRYPTION_KEY"))
+        {
+            Some(k) => Some(k),
+            None => {
+                return usage(format!(
+                    "{} is an archive of LeafLock's old backup script: give its password with \
+                     --encryption-key / LEAFLOCK_BACKUP_ENCRYPTION_KEY or BACKUP_ENCRYPTION_KEY",
+                    entry.key
+                ))
+            }
+        },
     };
 
     let client = database::connect(&target, timeout).await?;
+    let target_major = database::server_version(&client).await?.major();
     let tables: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -87,6 +103,22 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     if !args.yes && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         confirm(&entry.key, manifest, &target, tables, args.clean)?;
     }
+    let clock = Instant::now();
+    let Some(manifest) = manifest else {
+        let password = legacy_key.expect("set for legacy archives");
+        tokio::select! {
+            biased;
+            sig = cancel.cancelled() => return Err(anyhow!("stopped by {sig}; the single-transaction restore was rolled back")),
+            r = legacy_restore(storage.as_ref(), &entry.key, password, &target, target_major) => r?,
+        }
+        tracing::info!(
+            key = %entry.key,
+            target = %target.redacted(),
+            duration_seconds = clock.elapsed().as_secs_f64(),
+            "restore of the old script's archive complete"
+        );
+        return Ok(());
+    };
 
     let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
     let tool = pgtool::select("pg_restore", explicit.as_deref(), major)
@@ -99,7 +131,6 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         pg_restore = %tool.path.display(),
         "restoring"
     );
-    let clock = Instant::now();
     let job = async {
         if args.jobs == 1 {
             stream_restore(storage.as_ref(), manifest, &tool, &target, args).await
@@ -121,11 +152,23 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn confirm(key: &str, m: &Manifest, target: &ConnInfo, tables: i64, clean: bool) -> Result<()> {
+fn confirm(
+    key: &str,
+    m: Option<&Manifest>,
+    target: &ConnInfo,
+    tables: i64,
+    clean: bool,
+) -> Result<()> {
+    let what = match m {
+        Some(m) => format!(
+            "database {}, taken {}",
+            m.database,
+            m.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        None => "an archive of the old backup script".to_string(),
+    };
     eprint!(
-        "Restore {key} (database {}, taken {}) into {}{}? [y/N] ",
-        m.database,
-        m.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        "Restore {key} ({what}) into {}{}? [y/N] ",
         target.redacted(),
         if clean {
             format!(", replacing objects among its {tables} tables")
@@ -178,28 +221,22 @@ async fn stream_restore(
     let report = readback::read_back(
         storage,
         &manifest.object_key,
-        &manifest.compression.algorithm,
+        readback::Decode::Compression(manifest.compression.algorithm.clone()),
         stdin,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )
     .await;
-    let report = match report {
+    let (report, held) = match report {
         Ok(r) => r,
         Err(e) => {
             proc.stop().await;
             return Err(e);
         }
     };
-    if let Err(e) = check_integrity(manifest, &report) {
-        proc.stop().await;
-        return Err(e.context("nothing was restored (the transaction was rolled back)"));
-    }
-    let restored = proc.wait().await;
-    restored.context("pg_restore failed; nothing was restored (single transaction)")?;
-    if let Some(e) = report.consumer_error {
-        return Err(e);
-    }
-    Ok(())
+    let integrity = check_integrity(manifest, &report);
+    readback::settle(report, held, proc, integrity)
+        .await
+        .context("nothing was restored (pg_restore ran in a single transaction)")
 }
 
 async fn spooled_restore(
@@ -220,10 +257,10 @@ async fn spooled_restore(
         "parallel restore needs a seekable archive: spooling the decompressed archive to a temporary file"
     );
     let file = tokio::fs::File::create(spool.path()).await?;
-    let report = readback::read_back(
+    let (report, _held) = readback::read_back(
         storage,
         &manifest.object_key,
-        &manifest.compression.algorithm,
+        readback::Decode::Compression(manifest.compression.algorithm.clone()),
         file,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )
@@ -243,4 +280,56 @@ async fn spooled_restore(
         .wait()
         .await
         .context("pg_restore failed; the target may hold a partial restore (parallel restore is not one transaction)")
+}
+
+/// An archive of the old script: decrypt, gunzip, drop database-level statements, and
+/// feed the SQL to `psql --single-transaction` on the target (so a failure restores
+/// nothing).
+async fn legacy_restore(
+    storage: &dyn Storage,
+    key: &str,
+    password: String,
+    target: &ConnInfo,
+    target_major: u32,
+) -> Result<()> {
+    let psql = pgtool::select("psql", None, target_major)
+        .with_context(|| format!("the target server is PostgreSQL {target_major}"))?;
+    tracing::info!(
+        key,
+        psql = %psql.path.display(),
+        "old script's archive: decrypting (openssl aes-256-cbc), decompressing and replaying its SQL \
+         into the target, without its DROP/CREATE DATABASE and \\connect lines"
+    );
+    let mut child = Command::new(&psql.path)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
+        .arg(format!("--dbname={}", target.url_without_password()))
+        .args(["-f", "-"])
+        .envs(target.libpq_env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", psql.path.display()))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let proc = ToolProcess::watch("psql", child);
+    let report = readback::read_back(
+        storage,
+        key,
+        readback::Decode::Legacy { password },
+        stdin,
+        None,
+    )
+    .await;
+    let (report, held) = match report {
+        Ok(r) => r,
+        Err(e) => {
+            proc.stop().await;
+            return Err(e);
+        }
+    };
+    readback::settle(report, held, proc, Ok(()))
+        .await
+        .context("nothing was restored (psql ran in a single transaction)")
 }

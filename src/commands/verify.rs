@@ -45,44 +45,37 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         .with_context(|| format!("cannot start {}", tool.path.display()))?;
     let stdin = child.stdin.take().expect("piped stdin");
     let proc = ToolProcess::watch("pg_restore", child);
-    let report = readback::read_back(
+    let (report, held) = readback::read_back(
         storage.as_ref(),
         &manifest.object_key,
-        &manifest.compression.algorithm,
+        readback::Decode::Compression(manifest.compression.algorithm.clone()),
         stdin,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )
     .await?;
-    if let Err(e) = check_integrity(manifest, &report) {
-        proc.stop().await;
-        return Err(e.context(format!("{} is NOT intact", entry.key)));
-    }
-    let read = proc.wait().await;
-    if let Some(e) = report.consumer_error {
-        return Err(e.context(format!("{} is NOT intact", entry.key)));
-    }
-    if !report.custom_format {
+    let (stored_bytes, archive_bytes, sha256) = (
+        report.stored_bytes,
+        report.archive_bytes,
+        report.sha256.clone(),
+    );
+    let custom_format = report.custom_format;
+    let integrity = check_integrity(manifest, &report);
+    readback::settle(report, held, proc, integrity)
+        .await
+        .with_context(|| format!("{} is NOT intact", entry.key))?;
+    if !custom_format {
         return Err(anyhow!(
-            "{} does not decompress to a pg_dump custom-format archive",
+            "{} is NOT intact: it does not decompress to a pg_dump custom-format archive",
             entry.key
         ));
     }
-    read.with_context(|| {
-        format!(
-            "{} is NOT intact: pg_restore cannot read the archive",
-            entry.key
-        )
-    })?;
     tracing::info!(
         key = %entry.key,
-        stored_bytes = report.stored_bytes,
-        uncompressed_bytes = report.archive_bytes,
-        sha256 = %report.sha256,
+        stored_bytes,
+        uncompressed_bytes = archive_bytes,
+        sha256 = %sha256,
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
-    println!(
-        "OK {} sha256={} bytes={}",
-        entry.key, report.sha256, report.stored_bytes
-    );
+    println!("OK {} sha256={sha256} bytes={stored_bytes}", entry.key);
     Ok(())
 }
