@@ -354,3 +354,119 @@ fn list_shows_backups_and_debris_newest_first() {
     assert!(table.stdout.contains(&name), "{}", table.stdout);
     drop_db(Pg::V15, &name);
 }
+
+/// An archive made exactly the way LeafLock's old script made them.
+fn old_script_archive(pg: Pg, db_url: &str, password: &str) -> Vec<u8> {
+    let script = format!(
+        "set -o pipefail; '{}' --clean --if-exists --create --dbname='{db_url}' | gzip | \
+         openssl enc -aes-256-cbc -salt -pass 'pass:{password}'",
+        pg.tool("pg_dump").display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn old_script_archives_are_listed_and_restored_into_the_named_database_only() {
+    let name = unique("legacy");
+    let url = leaflock_db(Pg::V15, &name, 2);
+    let source = table_counts(Pg::V15, &url);
+    let password = "old-backup-key";
+    let prefix = unique("legacy");
+    let key = format!("{prefix}/2025/06/01/leaflock_backup_20250601_020000.sql.gz.enc");
+    let archive = old_script_archive(Pg::V15, &url, password);
+    s3_put(&key, archive.clone());
+
+    let mut list = s3_cmd("list", &prefix);
+    list.arg("--json");
+    let l = run(list);
+    l.expect_code(0);
+    let entries: Vec<Value> = serde_json::from_str(&l.stdout).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["kind"], "legacy");
+    assert_eq!(entries[0]["time"], "2025-06-01T02:00:00Z");
+
+    let target = unique("legacy_target");
+    psql(
+        Pg::V15,
+        &Pg::V15.admin_url(),
+        &format!("CREATE DATABASE \"{target}\""),
+    );
+    let target_url = Pg::V15.url(&target);
+
+    // Without the key: a usage error naming where the key goes.
+    let mut nokey = s3_cmd("restore", &prefix);
+    nokey.args([key.as_str(), "--target-database-url", &target_url]);
+    let r = run(nokey);
+    r.expect_code(2);
+    assert!(r.stderr.contains("BACKUP_ENCRYPTION_KEY"), "{}", r.stderr);
+
+    // A wrong key: refused, nothing restored.
+    let mut wrong = s3_cmd("restore", &prefix);
+    wrong
+        .args([key.as_str(), "--target-database-url", &target_url])
+        .env("BACKUP_ENCRYPTION_KEY", "not-the-key");
+    let r = run(wrong);
+    r.expect_code(1);
+    assert!(r.stderr.contains("does not decrypt"), "{}", r.stderr);
+    assert_eq!(table_counts(Pg::V15, &target_url).len(), 0);
+
+    // A truncated archive: nothing committed.
+    let short_key = format!("{prefix}/2025/06/02/leaflock_backup_20250602_020000.sql.gz.enc");
+    s3_put(&short_key, archive[..archive.len() * 2 / 3].to_vec());
+    let mut short = s3_cmd("restore", &prefix);
+    short
+        .args([short_key.as_str(), "--target-database-url", &target_url])
+        .env("BACKUP_ENCRYPTION_KEY", password);
+    run(short).expect_code(1);
+    assert_eq!(
+        table_counts(Pg::V15, &target_url).len(),
+        0,
+        "a truncated archive restores nothing"
+    );
+
+    // The real thing: into the named database, and the source (whose name the archive's
+    // CREATE DATABASE and \connect carry) is untouched.
+    let mut ok = s3_cmd("restore", &prefix);
+    ok.args([key.as_str(), "--target-database-url", &target_url])
+        .env("BACKUP_ENCRYPTION_KEY", password);
+    run(ok).expect_code(0);
+    assert_eq!(table_counts(Pg::V15, &target_url), source);
+    assert_eq!(table_counts(Pg::V15, &url), source);
+    drop_db(Pg::V15, &target);
+    drop_db(Pg::V15, &name);
+}
+
+#[test]
+fn restore_of_a_corrupt_object_commits_nothing() {
+    let prefix = unique("corrupt");
+    let (name, _) = stored_backup(&prefix);
+    let key = one_key(&prefix, ".dump.gz");
+    let mut data = s3_get(&key);
+    let at = data.len() - 100; // late in the stream: pg_restore has already run most of it
+    data[at] ^= 0x40;
+    s3_put(&key, data);
+    let target = unique("corrupt_target");
+    psql(
+        Pg::V15,
+        &Pg::V15.admin_url(),
+        &format!("CREATE DATABASE \"{target}\""),
+    );
+    let mut cmd = s3_cmd("restore", &prefix);
+    cmd.args(["latest", "--target-database-url", &Pg::V15.url(&target)]);
+    let r = run(cmd);
+    r.expect_code(1);
+    assert!(r.stderr.contains("sha256 mismatch"), "{}", r.stderr);
+    assert_eq!(
+        table_counts(Pg::V15, &Pg::V15.url(&target)).len(),
+        0,
+        "rolled back"
+    );
+    drop_db(Pg::V15, &target);
+    drop_db(Pg::V15, &name);
+}
