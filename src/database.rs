@@ -46,6 +46,12 @@ impl ServerVersion {
 
 /// Open a connection. Errors name the (redacted) server, never the password.
 pub async fn connect(conn: &ConnInfo, timeout: Duration) -> Result<Client> {
+    connect_as(conn, timeout, "leaflock-backup").await
+}
+
+/// [`connect`] with an `application_name` of the caller's choosing (the lock uses it
+/// to tell a second run who holds it).
+pub async fn connect_as(conn: &ConnInfo, timeout: Duration, app: &str) -> Result<Client> {
     let mut cfg = tokio_postgres::Config::new();
     if conn.is_unix_socket() {
         cfg.host_path(&conn.host);
@@ -55,7 +61,7 @@ pub async fn connect(conn: &ConnInfo, timeout: Duration) -> Result<Client> {
     cfg.port(conn.port)
         .user(&conn.user)
         .dbname(&conn.dbname)
-        .application_name("leaflock-backup")
+        .application_name(app)
         .connect_timeout(timeout)
         .ssl_mode(match conn.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,

@@ -13,6 +13,7 @@ mod drill;
 mod dump;
 mod error;
 mod legacy;
+mod lock;
 mod logging;
 mod manifest;
 mod metrics;

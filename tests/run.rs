@@ -501,3 +501,46 @@ fn help_documents_every_flag_with_its_variable() {
         assert!(help.contains(legacy), "{legacy} documented");
     }
 }
+
+#[test]
+fn a_second_run_on_the_same_database_exits_3_naming_the_holder() {
+    let name = unique("lock");
+    let url = leaflock_db(Pg::V15, &name, 80);
+    let prefix = unique("lock");
+    let proxy = proxy::throttle(&proxy::host_port(&testbed().s3_endpoint()), 1_000_000);
+    let first = slow_run(&url, &prefix, &name, &proxy);
+    let first_pid = first.id();
+    wait_for(Duration::from_secs(20), "the first run to dump", || {
+        pg_dump_child(first_pid)
+    });
+
+    let second_prefix = unique("lock_second");
+    let started = Instant::now();
+    let r = run(s3_run(&url, &second_prefix, &name));
+    r.expect_code(3);
+    assert!(started.elapsed() < Duration::from_secs(10), "at once");
+    let msg = r.line("another run").expect("an error line")["msg"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("leaflock-backup 20"),
+        "names the holder's run id: {msg}"
+    );
+    assert_eq!(s3_keys(&format!("{second_prefix}/")), Vec::<String>::new());
+
+    kill(first_pid, libc::SIGTERM);
+    let first = RunResult::from_output(first.wait_with_output().unwrap());
+    first.expect_code(1);
+    let holder_id = first.lines[0]["run_id"].as_str().unwrap();
+    assert!(msg.contains(holder_id), "{msg} names {holder_id}");
+    // The lock went with the first run: a third run gets it.
+    let mut third = runner();
+    let dir = tempfile::tempdir().unwrap();
+    third
+        .args(["run", "--database-url", &url])
+        .arg("--local-dir")
+        .arg(dir.path());
+    run(third).expect_code(0);
+    drop_db(Pg::V15, &name);
+}

@@ -16,6 +16,8 @@ use crate::config::{self, RunConfig};
 use crate::database;
 use crate::drill::{self, DrillRecord};
 use crate::dump;
+use crate::error::LockHeld;
+use crate::lock;
 use crate::logging::{self, Terminal};
 use crate::manifest::{self, CompressionInfo, Manifest};
 use crate::metrics::{BackupOutcome, DrillOutcome, Pushgateway};
@@ -63,7 +65,18 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
         "starting backup"
     );
 
-    let result = backup(&cfg, &run_id, started, &cancel, term).await;
+    // One run at a time: a second run exits 3 at once, before touching anything or
+    // pushing metrics (the holder's run is the one that counts). The guard lives until
+    // the end of the run, drill and push included.
+    let (result, _lock) =
+        match lock::acquire(&cfg.database.conn, cfg.database.connect_timeout, &run_id).await {
+            Ok(guard) => (
+                backup(&cfg, &run_id, started, &cancel, term).await,
+                Some(guard),
+            ),
+            Err(e) if e.downcast_ref::<LockHeld>().is_some() => return Err(e),
+            Err(e) => (Err(e), None),
+        };
     let duration = clock.elapsed().as_secs_f64();
     let finished = Utc::now();
     if let Ok(summary) = &result {
