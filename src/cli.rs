@@ -42,6 +42,8 @@ pub enum Command {
     Restore(Box<RestoreArgs>),
     /// Restore a stored backup into a scratch database and check it against its manifest.
     Drill(Box<DrillCommandArgs>),
+    /// Apply the retention policy: delete the backups it does not keep.
+    Prune(PruneArgs),
     /// Print the next times a cron schedule fires (checks an expression the way `run
     /// --schedule` and the deployment files use it).
     NextRun(NextRunArgs),
@@ -105,6 +107,52 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub drill: DrillArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Retention")]
+pub struct RetentionArgs {
+    /// Keep the N newest backups.
+    #[arg(long, env = "LEAFLOCK_BACKUP_KEEP_LAST", value_name = "N")]
+    pub keep_last: Option<u32>,
+
+    /// Keep the newest backup of each of the last N days that have backups.
+    #[arg(long, env = "LEAFLOCK_BACKUP_KEEP_DAILY", value_name = "N")]
+    pub keep_daily: Option<u32>,
+
+    /// Keep the newest backup of each of the last N ISO weeks that have backups.
+    #[arg(long, env = "LEAFLOCK_BACKUP_KEEP_WEEKLY", value_name = "N")]
+    pub keep_weekly: Option<u32>,
+
+    /// Keep the newest backup of each of the last N months that have backups.
+    #[arg(long, env = "LEAFLOCK_BACKUP_KEEP_MONTHLY", value_name = "N")]
+    pub keep_monthly: Option<u32>,
+
+    /// Delete backups older than DAYS whatever the keep rules say (a hard limit; at most 30,
+    /// LeafLock's GDPR promise, unless --allow-long-retention). Fallback: BACKUP_RETENTION_DAYS.
+    #[arg(long, env = "LEAFLOCK_BACKUP_MAX_AGE_DAYS", value_name = "DAYS")]
+    pub max_age: Option<u32>,
+
+    /// Allow --max-age above 30 days (breaks LeafLock's promise that deleted accounts leave the
+    /// backups within 30 days).
+    #[arg(long, env = "LEAFLOCK_BACKUP_ALLOW_LONG_RETENTION")]
+    pub allow_long_retention: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Print what would be deleted and why each kept backup stays; delete nothing.
+    #[arg(long, env = "LEAFLOCK_BACKUP_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]

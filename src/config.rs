@@ -7,11 +7,13 @@
 //! it can be tested without touching the process environment.
 
 use crate::cli::{
-    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, MetricsArgs, RunArgs, ScheduleArgs,
+    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, MetricsArgs, RetentionArgs, RunArgs,
+    ScheduleArgs,
 };
 use crate::conninfo::{ConnInfo, SslMode};
 use crate::drill::DrillOptions;
 use crate::error::usage;
+use crate::retention::{Policy, GDPR_DAYS};
 use crate::schedule::Schedule;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -38,6 +40,8 @@ pub struct RunConfig {
     pub schedule: Option<Schedule>,
     /// Set when `--restore-drill` asks for a drill after the backup.
     pub drill: Option<DrillOptions>,
+    /// Applied after a fully successful run.
+    pub retention: Option<Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -495,6 +499,71 @@ pub fn resolve_schedule(args: &ScheduleArgs, env: EnvLookup) -> Result<Option<Sc
     }
 }
 
+/// The retention policy, or `None` when no rule is set (nothing is ever deleted then).
+pub fn resolve_retention(args: &RetentionArgs, env: EnvLookup) -> Result<Option<Policy>> {
+    let max_age = match args.max_age {
+        Some(d) => Some((d, "--max-age / LEAFLOCK_BACKUP_MAX_AGE_DAYS")),
+        None => match env("BACKUP_RETENTION_DAYS") {
+            None => None,
+            Some(v) => match v.parse::<u32>() {
+                Ok(d) => Some((d, "BACKUP_RETENTION_DAYS")),
+                Err(_) => {
+                    return usage(format!(
+                        "BACKUP_RETENTION_DAYS: expected a number of days, got {v:?}"
+                    ))
+                }
+            },
+        },
+    };
+    if let Some((0, src)) = max_age {
+        return usage(format!("{src}: expected at least 1 day"));
+    }
+    if let Some((d, src)) = max_age {
+        if d > GDPR_DAYS && !args.allow_long_retention {
+            return usage(format!(
+                "{src}: {d} days is above {GDPR_DAYS}, LeafLock's promise that deleted accounts leave \
+                 the backups within 30 days; pass --allow-long-retention to mean it"
+            ));
+        }
+    }
+    for (v, flag) in [
+        (args.keep_last, "--keep-last / LEAFLOCK_BACKUP_KEEP_LAST"),
+        (args.keep_daily, "--keep-daily / LEAFLOCK_BACKUP_KEEP_DAILY"),
+        (
+            args.keep_weekly,
+            "--keep-weekly / LEAFLOCK_BACKUP_KEEP_WEEKLY",
+        ),
+        (
+            args.keep_monthly,
+            "--keep-monthly / LEAFLOCK_BACKUP_KEEP_MONTHLY",
+        ),
+    ] {
+        if v == Some(0) {
+            return usage(format!(
+                "{flag}: expected at least 1 (leave it unset to not use the rule)"
+            ));
+        }
+    }
+    let policy = Policy {
+        keep_last: args.keep_last,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        max_age_days: max_age.map(|m| m.0),
+    };
+    if policy.is_empty() {
+        return Ok(None);
+    }
+    if let Some(days) = policy.longest_days() {
+        tracing::warn!(
+            days,
+            "the retention policy can keep backups up to about {days} days, beyond the {GDPR_DAYS} days LeafLock \
+             promises for deleted accounts; add --max-age {GDPR_DAYS} to enforce it"
+        );
+    }
+    Ok(Some(policy))
+}
+
 /// Drill settings; the scratch database goes to `--drill-database-url`, else to the
 /// source server.
 pub fn resolve_drill(args: &DrillArgs, source: &DatabaseConfig) -> Result<DrillOptions> {
@@ -542,6 +611,7 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     };
     Ok(RunConfig {
         drill,
+        retention: resolve_retention(&args.retention, env)?,
         database,
         destination: resolve_destination(&args.destination, env)?,
         compression: resolve_compression(&args.dump)?,
@@ -694,6 +764,11 @@ mod tests {
                 [&db[..], &["--timezone", "Moon/Base"]].concat(),
                 "--timezone",
             ),
+            (
+                [&db[..], &["--max-age", "90"]].concat(),
+                "--allow-long-retention",
+            ),
+            ([&db[..], &["--keep-daily", "0"]].concat(), "--keep-daily"),
             (vec![], "no database configured"),
         ];
         for (argv, needle) in cases {

@@ -21,6 +21,7 @@ mod pgtool;
 mod pipeline;
 mod progress;
 mod readback;
+mod retention;
 mod schedule;
 mod signals;
 mod storage;
@@ -50,6 +51,7 @@ fn main() {
             cli::Command::Verify(args) => commands::verify::execute(args).await,
             cli::Command::Restore(args) => commands::restore::execute(args).await,
             cli::Command::Drill(args) => commands::drill::execute(args).await,
+            cli::Command::Prune(args) => commands::prune::execute(args).await,
         }
     });
     let code = match result {
@@ -64,6 +66,7 @@ fn main() {
                     cli::Command::Verify(_) => "verification failed",
                     cli::Command::Restore(_) => "restore failed",
                     cli::Command::Drill(_) => "restore drill failed",
+                    cli::Command::Prune(_) => "prune failed",
                     _ => "failed",
                 },
             };

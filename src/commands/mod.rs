@@ -3,6 +3,7 @@
 pub mod drill;
 pub mod list;
 pub mod next_run;
+pub mod prune;
 pub mod restore;
 pub mod run;
 pub mod verify;

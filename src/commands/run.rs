@@ -24,6 +24,7 @@ use crate::metrics::{BackupOutcome, DrillOutcome, Pushgateway};
 use crate::pgtool;
 use crate::pipeline::{self, StreamStats};
 use crate::progress::{human_bytes, Counters, Reporter};
+use crate::retention;
 use crate::signals::Cancel;
 use crate::storage::{self, ObjectWriter, Storage};
 use anyhow::{anyhow, Context, Result};
@@ -99,6 +100,30 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
         _ => None,
     };
     let drill_failed = drill.as_ref().is_some_and(|d| !d.passed);
+
+    // Retention only after a verified success: a failed run (or drill) deletes nothing.
+    if let (Ok(summary), Some(policy), false) = (&result, &cfg.retention, drill_failed) {
+        match retention::apply(
+            summary.storage.as_ref(),
+            cfg.destination.prefix(),
+            policy,
+            false,
+        )
+        .await
+        {
+            Ok((kept, deleted)) => {
+                tracing::info!(
+                    kept,
+                    deleted,
+                    "retention applied: {kept} kept, {deleted} deleted"
+                )
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "retention failed (the new backup is stored; old ones may remain)"
+            ),
+        }
+    }
 
     if let Some(mcfg) = &cfg.metrics {
         let label = mcfg
