@@ -129,13 +129,10 @@ pub fn plan(candidates: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Ve
         t.format("%Y-%m").to_string()
     });
 
-    if policy.max_age_days.is_some() && !policy.has_gfs() {
+    if let (Some(days), false) = (policy.max_age_days, policy.has_gfs()) {
         for (i, c) in sorted.iter().enumerate() {
             if !too_old(c) {
-                add(
-                    i,
-                    format!("younger than {} days", policy.max_age_days.unwrap()),
-                );
+                add(i, format!("younger than {days} days"));
             }
         }
     }

@@ -163,11 +163,8 @@ fn gfs_keeps_exactly_the_expected_set_across_month_and_year_boundaries() {
             .unwrap_or_else(|| panic!("{key} kept: {}", dry.stderr))["reasons"]
             .as_str()
             .unwrap()
-            .split("\", \"")
-            .map(|s| {
-                s.trim_matches(|c| c == '[' || c == ']' || c == '"')
-                    .to_string()
-            })
+            .split("; ")
+            .map(str::to_string)
             .collect()
     };
     assert!(reasons(&feb01b).contains(&"monthly 2026-02".to_string()));
