@@ -42,6 +42,10 @@ pub enum Command {
     Restore(Box<RestoreArgs>),
     /// Restore a stored backup into a scratch database and check it against its manifest.
     Drill(Box<DrillCommandArgs>),
+    /// Stay running and take a backup at every slot of --schedule / --cron (for hosts and
+    /// compose files without cron). Takes every flag of `run`; runs never overlap; SIGTERM
+    /// between runs exits 0, during a run aborts it cleanly.
+    Schedule(Box<RunArgs>),
     /// Apply the retention policy: delete the backups it does not keep.
     Prune(PruneArgs),
     /// Print the next times a cron schedule fires (checks an expression the way `run
@@ -307,7 +311,12 @@ pub struct ScheduleArgs {
     /// The schedule this runner is started on (crontab's 5 fields, or 6/7 fields with seconds
     /// and year, or @daily...). With it, `leaflock_backup_next_run_timestamp_seconds` is pushed
     /// so that a run that never starts is noticed right after its slot. Fallback: BACKUP_SCHEDULE.
-    #[arg(long, env = "LEAFLOCK_BACKUP_SCHEDULE", value_name = "CRON")]
+    #[arg(
+        long,
+        visible_alias = "cron",
+        env = "LEAFLOCK_BACKUP_SCHEDULE",
+        value_name = "CRON"
+    )]
     pub schedule: Option<String>,
 
     /// Time zone the schedule is read in (IANA name).

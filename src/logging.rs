@@ -8,7 +8,7 @@
 
 use crate::cli::{LogArgs, LogFormat};
 use std::io::{IsTerminal, Write};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -16,12 +16,12 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-static RUN_ID: OnceLock<String> = OnceLock::new();
+static RUN_ID: Mutex<Option<String>> = Mutex::new(None);
 static PROGRESS_BAR: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
 
-/// Set once per process, before the first log line of a run.
+/// Set at the start of each run (once per process, or once per slot in `schedule`).
 pub fn set_run_id(id: &str) {
-    let _ = RUN_ID.set(id.to_string());
+    *RUN_ID.lock().unwrap() = Some(id.to_string());
 }
 
 /// Whether a progress line is drawn.
@@ -139,7 +139,7 @@ where
                 .remove("component")
                 .unwrap_or_else(|| "backup".into()),
         );
-        if let Some(id) = RUN_ID.get() {
+        if let Some(id) = RUN_ID.lock().unwrap().clone() {
             line.insert("run_id".into(), id.clone().into());
             line.insert("request_id".into(), id.clone().into());
         }

@@ -52,6 +52,7 @@ fn main() {
             cli::Command::Restore(args) => commands::restore::execute(args).await,
             cli::Command::Drill(args) => commands::drill::execute(args).await,
             cli::Command::Prune(args) => commands::prune::execute(args).await,
+            cli::Command::Schedule(args) => commands::schedule::execute(args, term).await,
         }
     });
     let code = match result {
@@ -62,7 +63,7 @@ fn main() {
                 error::EXIT_USAGE => "configuration error",
                 error::EXIT_LOCKED => "another run is in progress",
                 _ => match &cli.command {
-                    cli::Command::Run(_) => "backup failed",
+                    cli::Command::Run(_) | cli::Command::Schedule(_) => "backup failed",
                     cli::Command::Verify(_) => "verification failed",
                     cli::Command::Restore(_) => "restore failed",
                     cli::Command::Drill(_) => "restore drill failed",

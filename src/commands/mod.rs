@@ -6,4 +6,5 @@ pub mod next_run;
 pub mod prune;
 pub mod restore;
 pub mod run;
+pub mod schedule;
 pub mod verify;

@@ -52,10 +52,15 @@ pub fn new_run_id(at: DateTime<Utc>) -> String {
 
 pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
     let cfg = config::resolve_run(args, &config::process_env)?;
+    let cancel = Cancel::install().context("cannot install signal handlers")?;
+    run_once(&cfg, &cancel, term).await
+}
+
+/// One whole run with validated configuration: lock, backup, drill, retention, metrics.
+pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Result<()> {
     let started = Utc::now();
     let run_id = new_run_id(started);
     logging::set_run_id(&run_id);
-    let cancel = Cancel::install().context("cannot install signal handlers")?;
     let clock = Instant::now();
     tracing::info!(
         database = %cfg.database.conn.redacted(),
@@ -72,7 +77,7 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
     let (result, _lock) =
         match lock::acquire(&cfg.database.conn, cfg.database.connect_timeout, &run_id).await {
             Ok(guard) => (
-                backup(&cfg, &run_id, started, &cancel, term).await,
+                backup(cfg, &run_id, started, cancel, term).await,
                 Some(guard),
             ),
             Err(e) if e.downcast_ref::<LockHeld>().is_some() => return Err(e),
@@ -91,7 +96,7 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
                 &summary.manifest,
                 opts,
                 &run_id,
-                &cancel,
+                cancel,
             )
             .await;
             record_drill(summary.storage.as_ref(), &rec).await;
