@@ -455,6 +455,38 @@ pub struct DestinationArgs {
     )]
     pub parts_in_flight: i64,
 
+    /// Server-side encryption of stored objects: AES256 (SSE-S3) or aws:kms (SSE-KMS).
+    #[arg(long, env = "LEAFLOCK_BACKUP_SSE", value_name = "AES256|aws:kms")]
+    pub sse: Option<String>,
+
+    /// KMS key for --sse aws:kms (default: the bucket's AWS-managed key).
+    #[arg(long, env = "LEAFLOCK_BACKUP_SSE_KMS_KEY_ID", value_name = "KEY_ID")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// SSE-C: a customer-provided 256-bit key, base64. S3 stores only its MD5; every read
+    /// (verify, restore, drill, list) needs the same key.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_SSE_C_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub sse_c_key: Option<String>,
+
+    /// Object Lock: retain each backup object and manifest for DAYS (the bucket must have
+    /// Object Lock enabled). Keep it at or below the retention --max-age.
+    #[arg(long, env = "LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS", value_name = "DAYS")]
+    pub object_lock_days: Option<u32>,
+
+    /// Object Lock mode: governance (privileged users may lift it) or compliance (nobody can).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_OBJECT_LOCK_MODE",
+        default_value = "governance",
+        value_name = "MODE"
+    )]
+    pub object_lock_mode: String,
+
     /// Attempts per S3 request before giving up (transient errors are retried with
     /// exponential backoff and jitter).
     #[arg(

@@ -82,6 +82,26 @@ pub struct S3Config {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub max_attempts: u32,
+    pub sse: Option<Sse>,
+    /// Object Lock: (mode, days).
+    pub object_lock: Option<(LockMode, u32)>,
+}
+
+/// Server-side encryption of stored objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS, optionally with a key id.
+    Kms(Option<String>),
+    /// SSE-C: the key (base64) and its MD5 (base64), sent with every request.
+    Customer { key: String, key_md5: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +233,15 @@ pub fn resolve_database(args: &DatabaseArgs, env: EnvLookup) -> Result<DatabaseC
              or PGHOST (POSTGRESQL_HOST, POSTGRES_HOST) with its companions",
         );
     };
+    // A URL without a password takes it from the environment, as libpq would.
+    let mut conn = conn;
+    conn.fill_password(
+        first(
+            env,
+            &["POSTGRESQL_PASSWORD", "PGPASSWORD", "POSTGRES_PASSWORD"],
+        )
+        .map(|x| x.1),
+    );
     check_tool_path(
         args.pg_dump.as_deref(),
         "--pg-dump / LEAFLOCK_BACKUP_PG_DUMP",
@@ -433,7 +462,26 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
             Some(c.to_string())
         }
     };
+    let sse = resolve_sse(args)?;
+    let object_lock = match args.object_lock_days {
+        None => None,
+        Some(0) => return usage("--object-lock-days / LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS: expected at least 1"),
+        Some(d) => Some((
+            match args.object_lock_mode.to_ascii_lowercase().as_str() {
+                "governance" => LockMode::Governance,
+                "compliance" => LockMode::Compliance,
+                other => {
+                    return usage(format!(
+                        "--object-lock-mode / LEAFLOCK_BACKUP_OBJECT_LOCK_MODE: expected governance or compliance, got {other:?}"
+                    ))
+                }
+            },
+            d,
+        )),
+    };
     Ok(DestinationConfig::S3(S3Config {
+        sse,
+        object_lock,
         bucket,
         prefix,
         force_path_style: args.s3_force_path_style.unwrap_or(endpoint.is_some()),
@@ -445,6 +493,42 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
         parts_in_flight: args.parts_in_flight as usize,
         max_attempts: args.s3_max_attempts as u32,
     }))
+}
+
+fn resolve_sse(args: &DestinationArgs) -> Result<Option<Sse>> {
+    use base64::Engine;
+    let c_key = args.sse_c_key.as_deref().filter(|k| !k.is_empty());
+    let mode = args.sse.as_deref().filter(|k| !k.is_empty());
+    if args.sse_kms_key_id.is_some() && mode != Some("aws:kms") {
+        return usage("--sse-kms-key-id / LEAFLOCK_BACKUP_SSE_KMS_KEY_ID needs --sse aws:kms");
+    }
+    match (mode, c_key) {
+        (Some(_), Some(_)) => usage("--sse and --sse-c-key exclude each other: choose one"),
+        (Some("AES256"), None) => Ok(Some(Sse::S3)),
+        (Some("aws:kms"), None) => Ok(Some(Sse::Kms(args.sse_kms_key_id.clone()))),
+        (Some(other), None) => usage(format!(
+            "--sse / LEAFLOCK_BACKUP_SSE: expected AES256 or aws:kms, got {other:?}"
+        )),
+        (None, Some(k)) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .ok()
+                .filter(|r| r.len() == 32);
+            let Some(raw) = raw else {
+                return usage(
+                    "--sse-c-key / LEAFLOCK_BACKUP_SSE_C_KEY: expected 32 bytes (a 256-bit key) in base64, \
+                     e.g. from `openssl rand -base64 32`",
+                );
+            };
+            use md5::Digest;
+            let md5 = md5::Md5::digest(&raw);
+            Ok(Some(Sse::Customer {
+                key: base64::engine::general_purpose::STANDARD.encode(&raw),
+                key_md5: base64::engine::general_purpose::STANDARD.encode(md5),
+            }))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 pub fn resolve_compression(args: &DumpArgs) -> Result<Compression> {
@@ -682,6 +766,25 @@ mod tests {
         assert_eq!(s3.region, "eu-west-1");
         assert!(s3.force_path_style, "custom endpoint implies path style");
         assert_eq!(s3.credentials, Some(("ak".into(), "sk".into())));
+    }
+
+    #[test]
+    fn a_url_without_password_takes_pgpassword() {
+        let c = resolve(
+            &[],
+            &[
+                ("DATABASE_URL", "postgresql://notes@db/notes"),
+                ("PGPASSWORD", "from-env"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.conn.password(), Some("from-env"));
+        let c = resolve(
+            &["--database-url", "postgresql://notes:in-url@db/notes"],
+            &[("PGPASSWORD", "from-env")],
+        )
+        .unwrap();
+        assert_eq!(c.database.conn.password(), Some("in-url"));
     }
 
     #[test]

@@ -155,6 +155,13 @@ impl ConnInfo {
         Ok(info)
     }
 
+    /// Use `password` when the URL carried none (libpq's PGPASSWORD convention).
+    pub fn fill_password(&mut self, password: Option<String>) {
+        if self.password.is_none() {
+            self.password = password.filter(|p| !p.is_empty());
+        }
+    }
+
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }

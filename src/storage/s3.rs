@@ -10,12 +10,15 @@
 //! with jitter) up to `max_attempts`.
 
 use super::{ObjectInfo, ObjectWriter, Storage};
-use crate::config::S3Config;
+use crate::config::{LockMode, S3Config, Sse};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
+    ServerSideEncryption, StorageClass,
+};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -30,6 +33,52 @@ pub struct S3Storage {
     storage_class: Option<StorageClass>,
     part_size: usize,
     parts_in_flight: usize,
+    protect: Protect,
+}
+
+/// What every write (and, for SSE-C, every read) carries: server-side encryption,
+/// Object Lock retention. Checksums (SHA-256 per part) and conditional writes
+/// (`If-None-Match: *`) are always on.
+#[derive(Debug, Clone, Default)]
+struct Protect {
+    sse: Option<Sse>,
+    lock: Option<(LockMode, u32)>,
+}
+
+impl Protect {
+    fn sse_c(&self) -> Option<(&str, &str)> {
+        match &self.sse {
+            Some(Sse::Customer { key, key_md5 }) => Some((key, key_md5)),
+            _ => None,
+        }
+    }
+    fn server_side(&self) -> Option<ServerSideEncryption> {
+        match &self.sse {
+            Some(Sse::S3) => Some(ServerSideEncryption::Aes256),
+            Some(Sse::Kms(_)) => Some(ServerSideEncryption::AwsKms),
+            _ => None,
+        }
+    }
+    fn kms_key(&self) -> Option<String> {
+        match &self.sse {
+            Some(Sse::Kms(k)) => k.clone(),
+            _ => None,
+        }
+    }
+    fn lock(&self) -> (Option<ObjectLockMode>, Option<aws_smithy_types::DateTime>) {
+        match self.lock {
+            None => (None, None),
+            Some((mode, days)) => (
+                Some(match mode {
+                    LockMode::Governance => ObjectLockMode::Governance,
+                    LockMode::Compliance => ObjectLockMode::Compliance,
+                }),
+                Some(aws_smithy_types::DateTime::from_secs(
+                    (chrono::Utc::now() + chrono::Duration::days(days as i64)).timestamp(),
+                )),
+            ),
+        }
+    }
 }
 
 /// Build an S3 client from the configuration (explicit keys or the AWS chain).
@@ -56,11 +105,46 @@ pub async fn client(cfg: &S3Config) -> Client {
         ));
     }
     let shared = loader.load().await;
-    let mut b = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
+    let mut b = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(cfg.force_path_style)
+        .interceptor(RepeatedSseCMd5);
     if let Some(ep) = &cfg.endpoint {
         b = b.endpoint_url(ep);
     }
     Client::from_conf(b.build())
+}
+
+/// Some S3-compatible servers (SeaweedFS among them) repeat the SSE-C key MD5 response
+/// header (`x, x`), which the SDK refuses to parse. Identical repeats are folded into
+/// one value; anything else is left for the SDK to reject.
+#[derive(Debug)]
+struct RepeatedSseCMd5;
+
+impl aws_sdk_s3::config::Intercept for RepeatedSseCMd5 {
+    fn name(&self) -> &'static str {
+        "RepeatedSseCMd5"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        ctx: &mut aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        const NAME: &str = "x-amz-server-side-encryption-customer-key-md5";
+        let headers = ctx.response_mut().headers_mut();
+        let joined = headers.get_all(NAME).collect::<Vec<_>>().join(",");
+        let values: Vec<&str> = joined
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if values.len() > 1 && values.iter().all(|v| *v == values[0]) {
+            let one = values[0].to_string();
+            headers.insert(NAME, one);
+        }
+        Ok(())
+    }
 }
 
 /// One line describing an SDK error, with the HTTP status when there is one.
@@ -94,6 +178,10 @@ impl S3Storage {
             storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
             part_size: cfg.part_size,
             parts_in_flight: cfg.parts_in_flight,
+            protect: Protect {
+                sse: cfg.sse.clone(),
+                lock: cfg.object_lock,
+            },
         })
     }
 }
@@ -131,6 +219,14 @@ impl Storage for S3Storage {
             .key(key)
             .content_type("application/octet-stream")
             .set_storage_class(self.storage_class.clone())
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_server_side_encryption(self.protect.server_side())
+            .set_ssekms_key_id(self.protect.kms_key())
+            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
+            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
+            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+            .set_object_lock_mode(self.protect.lock().0)
+            .set_object_lock_retain_until_date(self.protect.lock().1)
             .send()
             .await
             .map_err(|e| {
@@ -154,6 +250,7 @@ impl Storage for S3Storage {
             part_size: self.part_size,
             max_in_flight: self.parts_in_flight,
             next_part: 1,
+            protect: self.protect.clone(),
             in_flight: JoinSet::new(),
             done: Vec::new(),
             written: 0,
@@ -167,6 +264,14 @@ impl Storage for S3Storage {
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/json")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_server_side_encryption(self.protect.server_side())
+            .set_ssekms_key_id(self.protect.kms_key())
+            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
+            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
+            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+            .set_object_lock_mode(self.protect.lock().0)
+            .set_object_lock_retain_until_date(self.protect.lock().1)
             .body(ByteStream::from(data));
         if !replace {
             req = req.if_none_match("*");
@@ -194,6 +299,9 @@ impl Storage for S3Storage {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
+            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
+            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
             .send()
             .await
             .map_err(|e| {
@@ -243,6 +351,9 @@ impl Storage for S3Storage {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
+            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
+            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
             .send()
             .await
             .map_err(|e| {
@@ -266,6 +377,9 @@ impl Storage for S3Storage {
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
+            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
+            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
             .send()
             .await
         {
@@ -307,6 +421,7 @@ struct S3Writer {
     part_size: usize,
     max_in_flight: usize,
     next_part: i32,
+    protect: Protect,
     in_flight: JoinSet<Result<CompletedPart>>,
     done: Vec<CompletedPart>,
     written: u64,
@@ -333,6 +448,10 @@ impl S3Writer {
         let number = self.next_part;
         self.next_part += 1;
         let client = self.client.clone();
+        let sse_c = self
+            .protect
+            .sse_c()
+            .map(|(k, m)| (k.to_string(), m.to_string()));
         let (bucket, key, upload_id) = (
             self.bucket.clone(),
             self.key.clone(),
@@ -347,6 +466,10 @@ impl S3Writer {
                 .upload_id(upload_id)
                 .part_number(number)
                 .content_length(len as i64)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .set_sse_customer_algorithm(sse_c.as_ref().map(|_| "AES256".to_string()))
+                .set_sse_customer_key(sse_c.as_ref().map(|c| c.0.clone()))
+                .set_sse_customer_key_md5(sse_c.as_ref().map(|c| c.1.clone()))
                 .body(ByteStream::from(body))
                 .send()
                 .await
@@ -360,6 +483,7 @@ impl S3Writer {
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
                 .build())
         });
         Ok(())
@@ -435,6 +559,10 @@ impl ObjectWriter for S3Writer {
                 .bucket(&self.bucket)
                 .key(&self.key)
                 .upload_id(self.upload_id())
+                .if_none_match("*")
+                .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
+                .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
+                .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
                         .set_parts(Some(parts))
@@ -443,11 +571,15 @@ impl ObjectWriter for S3Writer {
                 .send()
                 .await
                 .map_err(|e| {
-                    anyhow!(
-                        "cannot complete the upload of {}: {}",
-                        self.key,
-                        describe_error(&e)
-                    )
+                    if e.raw_response().map(|r| r.status().as_u16()) == Some(412) {
+                        anyhow!("{} already exists; not overwriting it", self.key)
+                    } else {
+                        anyhow!(
+                            "cannot complete the upload of {}: {}",
+                            self.key,
+                            describe_error(&e)
+                        )
+                    }
                 })?;
             Ok(())
         }

@@ -1,0 +1,192 @@
+//! S3 protections against the real S3 server of the test bed: SHA-256 checksums on
+//! every part, conditional writes that never overwrite a key, SSE-S3, SSE-C, and
+//! Object Lock retention.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use std::time::Duration;
+
+fn dump_key(prefix: &str) -> String {
+    let keys: Vec<String> = s3_keys(&format!("{prefix}/"))
+        .into_iter()
+        .filter(|k| k.ends_with(".dump.gz"))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].clone()
+}
+
+fn head(bucket: &str, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+    rt().block_on(async {
+        s3().head_object()
+            .bucket(bucket)
+            .key(key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("head {key}: {e:?}"))
+    })
+}
+
+#[test]
+fn parts_carry_sha256_checksums_and_objects_are_server_side_encrypted() {
+    let name = unique("s3prot");
+    let url = leaflock_db(Pg::V15, &name, 60);
+    let prefix = unique("s3prot");
+    let mut cmd = s3_run(&url, &prefix, &name);
+    cmd.args(["--sse", "AES256", "--part-size", "5MiB"]);
+    run(cmd).expect_code(0);
+    let h = head(&testbed().bucket(), &dump_key(&prefix));
+    let checksum = h
+        .checksum_sha256()
+        .expect("a SHA-256 checksum was sent with the parts");
+    let parts: u32 = checksum.rsplit('-').next().unwrap().parse().unwrap();
+    assert!(
+        parts >= 2,
+        "a multipart object of several parts: {checksum}"
+    );
+    assert_eq!(
+        h.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
+    );
+    drop_db(Pg::V15, &name);
+}
+
+#[test]
+fn an_existing_key_is_never_overwritten() {
+    let name = unique("nooverwrite");
+    let url = leaflock_db(Pg::V15, &name, 1);
+    let prefix = unique("nooverwrite");
+    // Occupy the keys a run starting in the next seconds would use.
+    let now = chrono::Utc::now();
+    let mut occupied = Vec::new();
+    for s in 0..20 {
+        let t = now + chrono::Duration::seconds(s);
+        let key = format!(
+            "{prefix}/{}/leaflock_backup_{}.dump.gz",
+            t.format("%Y/%m/%d"),
+            t.format("%Y%m%dT%H%M%SZ")
+        );
+        s3_put(&key, b"somebody else's object".to_vec());
+        occupied.push(key);
+    }
+    let r = run(s3_run(&url, &prefix, &name));
+    r.expect_code(1);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    for k in &occupied {
+        assert_eq!(s3_get(k), b"somebody else's object", "{k} untouched");
+    }
+    assert!(s3_keys(&format!("{prefix}/"))
+        .iter()
+        .all(|k| !k.ends_with(".manifest.json")));
+    assert_eq!(s3_open_uploads(&format!("{prefix}/")), Vec::<String>::new());
+    drop_db(Pg::V15, &name);
+}
+
+#[test]
+fn sse_c_objects_need_the_key_to_be_read() {
+    let name = unique("ssec");
+    let url = leaflock_db(Pg::V15, &name, 1);
+    let prefix = unique("ssec");
+    let key: [u8; 32] = rand::random();
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let mut cmd = s3_run(&url, &prefix, &name);
+    cmd.env("LEAFLOCK_BACKUP_SSE_C_KEY", &key);
+    run(cmd).expect_code(0);
+
+    let object = dump_key(&prefix);
+    let plain = rt().block_on(async {
+        s3().get_object()
+            .bucket(testbed().bucket())
+            .key(&object)
+            .send()
+            .await
+    });
+    assert!(plain.is_err(), "readable without the key");
+
+    let mut with_key = s3_cmd("verify", &prefix);
+    with_key.env("LEAFLOCK_BACKUP_SSE_C_KEY", &key);
+    run(with_key).expect_code(0);
+    let without = run(s3_cmd("list", &prefix));
+    assert_ne!(
+        without.code, 0,
+        "the manifest is encrypted too: {}",
+        without.stderr
+    );
+
+    let mut bad = s3_cmd("verify", &prefix);
+    bad.env("LEAFLOCK_BACKUP_SSE_C_KEY", "c2hvcnQ=");
+    let r = run(bad);
+    r.expect_code(2);
+    assert!(r.stderr.contains("--sse-c-key"), "{}", r.stderr);
+    drop_db(Pg::V15, &name);
+}
+
+#[test]
+fn object_lock_retains_backups_for_the_configured_days() {
+    let bucket = "leaflock-test-lock";
+    rt().block_on(async {
+        let r = s3()
+            .create_bucket()
+            .bucket(bucket)
+            .object_lock_enabled_for_bucket(true)
+            .send()
+            .await;
+        if let Err(e) = r {
+            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e)
+                .unwrap_or("")
+                .to_string();
+            assert!(
+                code.starts_with("BucketAlready"),
+                "create the lock bucket: {e:?}"
+            );
+        }
+    });
+    let name = unique("objlock");
+    let url = leaflock_db(Pg::V15, &name, 1);
+    let prefix = unique("objlock");
+    let mut cmd = s3_run(&url, &prefix, &name);
+    cmd.env(
+        "LEAFLOCK_BACKUP_S3_BUCKET",
+        format!("s3://{bucket}/{prefix}"),
+    )
+    .args([
+        "--object-lock-days",
+        "2",
+        "--object-lock-mode",
+        "governance",
+    ]);
+    run(cmd).expect_code(0);
+    let keys = rt().block_on(async {
+        s3().list_objects_v2()
+            .bucket(bucket)
+            .prefix(format!("{prefix}/"))
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .iter()
+            .map(|o| o.key().unwrap().to_string())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in keys {
+        let h = head(bucket, &k);
+        assert_eq!(
+            h.object_lock_mode(),
+            Some(&aws_sdk_s3::types::ObjectLockMode::Governance),
+            "{k}"
+        );
+        let until = h
+            .object_lock_retain_until_date()
+            .expect("retain-until")
+            .secs();
+        let expected = (chrono::Utc::now() + chrono::Duration::days(2)).timestamp();
+        assert!(
+            (until - expected).abs() < Duration::from_secs(600).as_secs() as i64,
+            "{k}: {until} vs {expected}"
+        );
+    }
+    drop_db(Pg::V15, &name);
+}
