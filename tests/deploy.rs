@@ -1375,6 +1375,21 @@ fn readme_compose_service_is_valid_and_uses_the_image_as_shipped() {
             "compose sets {k}, which the binary ignores"
         );
     }
+    // It runs the schedule mode, and that mode accepts the snippet's schedule.
+    assert_eq!(
+        at(svc, "command").as_sequence().expect("a command list")[0],
+        Yaml::from("schedule")
+    );
+    let schedule = s(at(svc, "environment"), "LEAFLOCK_BACKUP_SCHEDULE");
+    let out = std::process::Command::new(bin())
+        .args(["next-run", "--schedule", &schedule])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{schedule}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         readme.contains("exposure"),
         "README gives the exposure score"
