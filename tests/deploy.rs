@@ -1382,7 +1382,7 @@ fn readme_compose_service_is_valid_and_uses_the_image_as_shipped() {
     );
     let schedule = s(at(svc, "environment"), "LEAFLOCK_BACKUP_SCHEDULE");
     let out = std::process::Command::new(bin())
-        .args(["next-run", "--schedule", &schedule])
+        .args(["next-run", "--schedule", schedule])
         .output()
         .unwrap();
     assert!(
