@@ -114,6 +114,12 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub retention: RetentionArgs,
+
+    #[command(flatten)]
+    pub encrypt: EncryptArgs,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -212,6 +218,13 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub destination: DestinationArgs,
 
+    #[command(flatten)]
+    pub keys: KeyArgs,
+
+    /// Refuse a backup that is not encrypted.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
+    pub require_encryption: bool,
+
     /// pg_restore to use. Default: found by the archive's version.
     #[arg(long, env = "LEAFLOCK_BACKUP_PG_RESTORE", value_name = "PATH")]
     pub pg_restore: Option<PathBuf>,
@@ -225,6 +238,13 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub destination: DestinationArgs,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+
+    /// Refuse a backup that is not encrypted.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
+    pub require_encryption: bool,
 
     /// The database to restore into (it must exist). The restore never goes into another
     /// database, whatever the archive says.
@@ -245,16 +265,6 @@ pub struct RestoreArgs {
     /// target server lacks the archive's roles).
     #[arg(long, env = "LEAFLOCK_BACKUP_RESTORE_NO_OWNER")]
     pub no_owner: bool,
-
-    /// Password of archives made by LeafLock's old backup script (`.sql.gz.enc`,
-    /// `openssl enc -aes-256-cbc`). Fallback: BACKUP_ENCRYPTION_KEY.
-    #[arg(
-        long,
-        env = "LEAFLOCK_BACKUP_ENCRYPTION_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub encryption_key: Option<String>,
 
     /// Do not ask for confirmation on a terminal.
     #[arg(long, short = 'y', env = "LEAFLOCK_BACKUP_RESTORE_YES")]
@@ -293,6 +303,13 @@ pub struct DrillCommandArgs {
 
     #[command(flatten)]
     pub destination: DestinationArgs,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+
+    /// Refuse a backup that is not encrypted.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
+    pub require_encryption: bool,
 
     /// Default drill server when --drill-database-url is not given (same fallbacks as `run`).
     #[command(flatten)]
@@ -510,6 +527,48 @@ pub struct DumpArgs {
         value_name = "ALGO[:LEVEL]"
     )]
     pub compression: String,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Encryption")]
+pub struct EncryptArgs {
+    /// Encrypt the backup with age to this X25519 public key (age1...); repeatable, in the
+    /// variable comma-separated. The backup host then holds no key that can read backups.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_AGE_RECIPIENTS",
+        value_delimiter = ',',
+        value_name = "RECIPIENT"
+    )]
+    pub encrypt_to: Vec<String>,
+
+    /// A file of age recipients, one per line (# comments allowed).
+    #[arg(long, env = "LEAFLOCK_BACKUP_AGE_RECIPIENTS_FILE", value_name = "FILE")]
+    pub recipients_file: Option<PathBuf>,
+
+    /// Refuse to run (or, for reading commands, to read a backup) without encryption.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
+    pub require_encryption: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Encryption keys")]
+pub struct KeyArgs {
+    /// age identity file that can decrypt backups (repeatable). Needed by restore, verify and
+    /// the drill for backups encrypted to recipients.
+    #[arg(long, env = "LEAFLOCK_BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+
+    /// Passphrase: encrypts backups (age scrypt) when no recipient is given, decrypts
+    /// passphrase backups, and opens the old script's `.sql.gz.enc` archives.
+    /// Fallback: BACKUP_ENCRYPTION_KEY.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_ENCRYPTION_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub encryption_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,10 +7,11 @@
 //! it can be tested without touching the process environment.
 
 use crate::cli::{
-    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, MetricsArgs, RetentionArgs, RunArgs,
-    ScheduleArgs,
+    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, EncryptArgs, KeyArgs, MetricsArgs,
+    RetentionArgs, RunArgs, ScheduleArgs,
 };
 use crate::conninfo::{ConnInfo, SslMode};
+use crate::crypto::{parse_recipients, Encryption, Keys};
 use crate::drill::DrillOptions;
 use crate::error::usage;
 use crate::retention::{Policy, GDPR_DAYS};
@@ -42,6 +43,7 @@ pub struct RunConfig {
     pub drill: Option<DrillOptions>,
     /// Applied after a fully successful run.
     pub retention: Option<Policy>,
+    pub encryption: Option<Encryption>,
 }
 
 #[derive(Debug, Clone)]
@@ -648,9 +650,69 @@ pub fn resolve_retention(args: &RetentionArgs, env: EnvLookup) -> Result<Option<
     Ok(Some(policy))
 }
 
+/// Keys that can read backups: identity files and the passphrase
+/// (`--encryption-key`, else BACKUP_ENCRYPTION_KEY). Identity files are checked now.
+pub fn resolve_keys(args: &KeyArgs, env: EnvLookup) -> Result<Keys> {
+    let passphrase = args
+        .encryption_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .or_else(|| env("BACKUP_ENCRYPTION_KEY"));
+    let keys = Keys::new(args.identity.clone(), passphrase);
+    keys.check().or_else(|e| {
+        usage(format!(
+            "--identity / LEAFLOCK_BACKUP_AGE_IDENTITY_FILE: {e}"
+        ))
+    })?;
+    Ok(keys)
+}
+
+/// How `run` encrypts: recipients if any are given, else the passphrase if one is set,
+/// else not at all (an error with `--require-encryption`). Fails closed: a bad
+/// recipient or a failed self-test is a usage error, before any work.
+pub fn resolve_encryption(
+    args: &EncryptArgs,
+    keys: &KeyArgs,
+    env: EnvLookup,
+) -> Result<Option<Encryption>> {
+    let files: Vec<&std::path::Path> = args.recipients_file.iter().map(|p| p.as_path()).collect();
+    let recipients = parse_recipients(&args.encrypt_to, &files).or_else(|e| {
+        usage(format!(
+            "--encrypt-to / LEAFLOCK_BACKUP_AGE_RECIPIENTS (or --recipients-file): {e}"
+        ))
+    })?;
+    let passphrase = keys
+        .encryption_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .or_else(|| env("BACKUP_ENCRYPTION_KEY"));
+    let enc = if !recipients.is_empty() {
+        Some(Encryption::Recipients(recipients))
+    } else {
+        passphrase.map(|p| Encryption::Passphrase(age::secrecy::SecretString::from(p)))
+    };
+    match &enc {
+        None if args.require_encryption => usage(
+            "--require-encryption / LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION: no recipient (--encrypt-to, \
+             --recipients-file) and no passphrase (BACKUP_ENCRYPTION_KEY) is configured",
+        ),
+        Some(e) => {
+            e.self_test()
+                .or_else(|err| usage(format!("encryption self-test failed, nothing will be uploaded: {err:#}")))?;
+            Ok(enc)
+        }
+        None => Ok(None),
+    }
+}
+
 /// Drill settings; the scratch database goes to `--drill-database-url`, else to the
 /// source server.
-pub fn resolve_drill(args: &DrillArgs, source: &DatabaseConfig) -> Result<DrillOptions> {
+pub fn resolve_drill(
+    args: &DrillArgs,
+    source: &DatabaseConfig,
+    keys: Keys,
+    require_encryption: bool,
+) -> Result<DrillOptions> {
     let server = match args.drill_database_url.as_deref().filter(|u| !u.is_empty()) {
         Some(u) => ConnInfo::parse_url(u).or_else(|e| {
             usage(format!(
@@ -675,6 +737,8 @@ pub fn resolve_drill(args: &DrillArgs, source: &DatabaseConfig) -> Result<DrillO
         keep: args.keep_drill_database,
         pg_restore,
         connect_timeout: source.connect_timeout,
+        keys,
+        require_encryption,
     })
 }
 
@@ -688,13 +752,21 @@ pub fn check_tool_path(p: Option<&std::path::Path>, what: &str) -> Result<Option
 
 pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     let database = resolve_database(&args.database, env)?;
+    let keys = resolve_keys(&args.keys, env)?;
+    let encryption = resolve_encryption(&args.encrypt, &args.keys, env)?;
     let drill = if args.restore_drill {
-        Some(resolve_drill(&args.drill, &database)?)
+        Some(resolve_drill(
+            &args.drill,
+            &database,
+            keys,
+            args.encrypt.require_encryption,
+        )?)
     } else {
         None
     };
     Ok(RunConfig {
         drill,
+        encryption,
         retention: resolve_retention(&args.retention, env)?,
         database,
         destination: resolve_destination(&args.destination, env)?,

@@ -11,6 +11,7 @@
 //! caller. A failed drill never deletes the backup: it may still be the best copy.
 
 use crate::conninfo::ConnInfo;
+use crate::crypto::Keys;
 use crate::database::{self, quote_ident};
 use crate::manifest::Manifest;
 use crate::pgtool::{self, ToolProcess};
@@ -54,6 +55,9 @@ pub struct DrillOptions {
     pub keep: bool,
     pub pg_restore: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// Decrypts encrypted backups.
+    pub keys: Keys,
+    pub require_encryption: bool,
 }
 
 /// `leaflock_drill_<run id>`, lowercased to a plain identifier.
@@ -173,7 +177,7 @@ async fn restore_and_check(
     rec: &mut DrillRecord,
 ) -> Vec<String> {
     let target = opts.server.with_dbname(scratch);
-    if let Err(e) = restore(storage, manifest, opts.pg_restore.as_deref(), &target, rec).await {
+    if let Err(e) = restore(storage, manifest, opts, &target, rec).await {
         return vec![format!("{e:#}")];
     }
     match check(manifest, &opts.checks, &target, opts.connect_timeout, rec).await {
@@ -183,15 +187,16 @@ async fn restore_and_check(
 }
 
 /// Stream the stored object into `pg_restore` on `target`, verifying its checksum.
-pub async fn restore(
+async fn restore(
     storage: &dyn Storage,
     manifest: &Manifest,
-    explicit: Option<&std::path::Path>,
+    opts: &DrillOptions,
     target: &ConnInfo,
     rec: &mut DrillRecord,
 ) -> Result<()> {
+    let decode = readback::Decode::for_manifest(manifest, &opts.keys, opts.require_encryption)?;
     let archive_major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
-    let tool = pgtool::select("pg_restore", explicit, archive_major)
+    let tool = pgtool::select("pg_restore", opts.pg_restore.as_deref(), archive_major)
         .with_context(|| format!("the archive was written by pg_dump {archive_major}"))?;
     rec.pg_restore_version = tool.version.clone();
     let mut cmd = Command::new(&tool.path);
@@ -211,7 +216,7 @@ pub async fn restore(
     let report = readback::read_back(
         storage,
         &manifest.object_key,
-        readback::Decode::Compression(manifest.compression.algorithm.clone()),
+        decode,
         stdin,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )

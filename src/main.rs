@@ -8,6 +8,7 @@ mod commands;
 mod compress;
 mod config;
 mod conninfo;
+mod crypto;
 mod database;
 mod drill;
 mod dump;

@@ -6,6 +6,8 @@
 //! early, so a corrupted object is always reported as a checksum mismatch, the
 //! fundamental fault, rather than as whatever decompression or pg_restore tripped on.
 
+use crate::crypto::Keys;
+use crate::manifest::Manifest;
 use crate::pgtool::ToolProcess;
 use crate::storage::Storage;
 use crate::{compress, legacy};
@@ -35,10 +37,31 @@ pub struct ReadReport {
 /// How the stored bytes become the archive.
 #[derive(Debug, Clone)]
 pub enum Decode {
-    /// This tool's objects: the manifest's compression algorithm.
-    Compression(String),
+    /// This tool's objects: age decryption when the manifest says so, then the
+    /// manifest's compression algorithm.
+    Backup {
+        compression: String,
+        keys: Option<Keys>,
+    },
     /// LeafLock's old script: openssl decryption, gzip, database statements removed.
     Legacy { password: String },
+}
+
+impl Decode {
+    /// How to read the backup `m` describes. With `require_encryption`, an unencrypted
+    /// backup is refused.
+    pub fn for_manifest(m: &Manifest, keys: &Keys, require_encryption: bool) -> Result<Decode> {
+        if m.encryption.is_none() && require_encryption {
+            anyhow::bail!(
+                "{} is not encrypted, and encryption is required (--require-encryption)",
+                m.object_key
+            );
+        }
+        Ok(Decode::Backup {
+            compression: m.compression.algorithm.clone(),
+            keys: m.encryption.as_ref().map(|_| keys.clone()),
+        })
+    }
 }
 
 /// A `Read` over chunks arriving on a channel (used on a blocking thread).
@@ -93,7 +116,13 @@ where
                 current: Bytes::new(),
             });
             let mut dec = match &decode {
-                Decode::Compression(algorithm) => compress::decoder(algorithm, input)?,
+                Decode::Backup { compression, keys } => {
+                    let input = match keys {
+                        Some(k) => k.decrypt(input)?,
+                        None => input,
+                    };
+                    compress::decoder(compression, input)?
+                }
                 Decode::Legacy { password } => legacy::decoder(input, password)?,
             };
             loop {

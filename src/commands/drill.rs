@@ -7,7 +7,8 @@ use crate::catalog::{self, Kind};
 use crate::cli::DrillCommandArgs;
 use crate::commands::run::{new_run_id, push_metrics, record_drill};
 use crate::config::{
-    process_env, resolve_database, resolve_destination, resolve_drill, resolve_metrics,
+    process_env, resolve_database, resolve_destination, resolve_drill, resolve_keys,
+    resolve_metrics,
 };
 use crate::metrics::DrillOutcome;
 use crate::signals::Cancel;
@@ -18,7 +19,8 @@ use chrono::Utc;
 pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
     let dest = resolve_destination(&args.destination, &process_env)?;
     let database = resolve_database(&args.database, &process_env)?;
-    let opts = resolve_drill(&args.drill, &database)?;
+    let keys = resolve_keys(&args.keys, &process_env)?;
+    let opts = resolve_drill(&args.drill, &database, keys, args.require_encryption)?;
     let metrics = resolve_metrics(&args.metrics)?;
     let run_id = new_run_id(Utc::now());
     logging::set_run_id(&run_id);

@@ -10,7 +10,7 @@
 
 use crate::catalog::{self, Kind};
 use crate::cli::RestoreArgs;
-use crate::config::{check_tool_path, process_env, resolve_destination};
+use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
 use crate::conninfo::ConnInfo;
 use crate::database;
 use crate::drill::check_integrity;
@@ -56,6 +56,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
     let entry = catalog::resolve(&entries, &args.key)?;
+    let keys = resolve_keys(&args.keys, &process_env)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => Some(manifest.as_ref()),
         Kind::Legacy => None,
@@ -63,12 +64,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     };
     let legacy_key = match manifest {
         Some(_) => None,
-        None => match args
-            .encryption_key
-            .clone()
-            .filter(|k| !k.is_empty())
-            .or_else(|| process_env("BACKUP_ENCRYPTION_KEY"))
-        {
+        None => match keys.passphrase() {
             Some(k) => Some(k),
             None => {
                 return usage(format!(
@@ -131,11 +127,12 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         pg_restore = %tool.path.display(),
         "restoring"
     );
+    let decode = readback::Decode::for_manifest(manifest, &keys, args.require_encryption)?;
     let job = async {
         if args.jobs == 1 {
-            stream_restore(storage.as_ref(), manifest, &tool, &target, args).await
+            stream_restore(storage.as_ref(), manifest, decode, &tool, &target, args).await
         } else {
-            spooled_restore(storage.as_ref(), manifest, &tool, &target, args).await
+            spooled_restore(storage.as_ref(), manifest, decode, &tool, &target, args).await
         }
     };
     tokio::select! {
@@ -207,6 +204,7 @@ fn pg_restore_cmd(tool: &PgTool, target: &ConnInfo, args: &RestoreArgs) -> Comma
 async fn stream_restore(
     storage: &dyn Storage,
     manifest: &Manifest,
+    decode: readback::Decode,
     tool: &PgTool,
     target: &ConnInfo,
     args: &RestoreArgs,
@@ -221,7 +219,7 @@ async fn stream_restore(
     let report = readback::read_back(
         storage,
         &manifest.object_key,
-        readback::Decode::Compression(manifest.compression.algorithm.clone()),
+        decode,
         stdin,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )
@@ -242,6 +240,7 @@ async fn stream_restore(
 async fn spooled_restore(
     storage: &dyn Storage,
     manifest: &Manifest,
+    decode: readback::Decode,
     tool: &PgTool,
     target: &ConnInfo,
     args: &RestoreArgs,
@@ -260,7 +259,7 @@ async fn spooled_restore(
     let (report, _held) = readback::read_back(
         storage,
         &manifest.object_key,
-        readback::Decode::Compression(manifest.compression.algorithm.clone()),
+        decode,
         file,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )

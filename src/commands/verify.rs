@@ -5,7 +5,7 @@
 
 use crate::catalog::{self, Kind};
 use crate::cli::VerifyArgs;
-use crate::config::{check_tool_path, process_env, resolve_destination};
+use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
 use crate::drill::check_integrity;
 use crate::pgtool::{self, ToolProcess};
 use crate::{readback, storage};
@@ -19,6 +19,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         args.pg_restore.as_deref(),
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
+    let keys = resolve_keys(&args.keys, &process_env)?;
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
     let entry = catalog::resolve(&entries, &args.key)?;
@@ -30,6 +31,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         ),
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
     };
+    let decode = readback::Decode::for_manifest(manifest, &keys, args.require_encryption)?;
     let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
     let tool = pgtool::select("pg_restore", explicit.as_deref(), major)?;
     tracing::info!(key = %entry.key, pg_restore = %tool.path.display(), "verifying");
@@ -48,7 +50,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     let (report, held) = readback::read_back(
         storage.as_ref(),
         &manifest.object_key,
-        readback::Decode::Compression(manifest.compression.algorithm.clone()),
+        decode,
         stdin,
         Some((&manifest.sha256, manifest.stored_bytes)),
     )
