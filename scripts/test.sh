@@ -19,4 +19,4 @@ if [ "$was_running" = 0 ] && [ "${LEAFLOCK_KEEP_TESTBED:-0}" != 1 ]; then
   trap 'scripts/testbed.sh stop' EXIT
 fi
 
-cargo test --locked --all-targets "$@"
+cargo test --locked --all-targets --no-fail-fast "$@"
