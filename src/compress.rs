@@ -21,7 +21,10 @@
 //!
 //! Memory: at most `2 x threads` chunks (input and output) are in flight.
 //!
-//! **zstd**: one zstd frame, compressed by libzstd's own worker threads (`zstdmt`).
+//! **zstd**: one zstd frame (with its content checksum), compressed by libzstd's own
+//! worker threads (`zstdmt`) in jobs of 1 MiB, which keeps its buffers to about a dozen
+//! MiB. At levels up to 9 matches shorter than 7 bytes are not searched for (see
+//! `Zstd::new`).
 //!
 //! A [`Compressor`] is fed chunks in order and hands compressed bytes, in stream order,
 //! to an `emit` callback as soon as they are ready; `pipeline.rs` drives it from one
@@ -42,7 +45,7 @@ const WINDOW: usize = 32 * 1024;
 /// Unit of the LZ / Huffman-only / stored decision.
 const SEGMENT: usize = 128 * 1024;
 /// Bytes of each segment the decision looks at (twice: at its start and middle).
-const SAMPLE: usize = 8 * 1024;
+const SAMPLE: usize = 4 * 1024;
 /// A segment is LZ-compressed when matches of >= 6 bytes cover this share of a sample.
 const LZ_COVERAGE: f64 = 0.10;
 
@@ -391,28 +394,30 @@ fn choose(seg: &[u8]) -> Mode {
     let first = &seg[..seg.len().min(SAMPLE)];
     let mid = seg.len() / 2;
     let second = &seg[mid..(mid + SAMPLE).min(seg.len())];
-    if lz_coverage(first) >= LZ_COVERAGE || lz_coverage(second) >= LZ_COVERAGE {
+    if lz_pays(first) || lz_pays(second) {
         Mode::Lz
     } else {
         Mode::Huffman
     }
 }
 
-/// Share of `s` a greedy scan covers with matches of 6 bytes or more (4-byte hash, one
-/// candidate per bucket): a cheap stand-in for what LZ77 would find.
-fn lz_coverage(s: &[u8]) -> f64 {
+/// Whether a greedy scan covers at least `LZ_COVERAGE` of `s` with matches of 6 bytes
+/// or more (4-byte hash, one candidate per bucket): a cheap stand-in for what LZ77
+/// would find. Stops as soon as the answer is known.
+fn lz_pays(s: &[u8]) -> bool {
     if s.len() < 64 {
-        return 1.0; // too small to judge; deflate handles it either way
+        return true; // too small to judge; deflate handles it either way
     }
-    let mut table = [u32::MAX; 4096];
+    let want = (s.len() as f64 * LZ_COVERAGE) as usize;
+    let mut table = [u16::MAX; 4096];
     let mut covered = 0usize;
     let mut i = 0usize;
     while i + 4 <= s.len() {
         let k = u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
         let h = (k.wrapping_mul(2_654_435_761) >> 20) as usize;
         let cand = table[h];
-        table[h] = i as u32;
-        if cand != u32::MAX {
+        table[h] = i as u16;
+        if cand != u16::MAX {
             let c = cand as usize;
             let max = (s.len() - i).min(258);
             let mut l = 0;
@@ -421,13 +426,16 @@ fn lz_coverage(s: &[u8]) -> f64 {
             }
             if l >= 6 {
                 covered += l;
+                if covered >= want {
+                    return true;
+                }
                 i += l;
                 continue;
             }
         }
         i += 1;
     }
-    covered as f64 / s.len() as f64
+    false
 }
 
 // ---------------------------------------------------------------------------
@@ -450,6 +458,48 @@ impl BitWriter<'_> {
                 .extend_from_slice(&(self.bits as u32).to_le_bytes());
             self.bits >>= 32;
             self.n -= 32;
+        }
+    }
+
+    /// Write `data` with the codes of `table` (code | length << 16, lengths <= 15);
+    /// `body_bits` is what they add up to.
+    fn literals(&mut self, data: &[u8], table: &[u32; 257], body_bits: u64) {
+        // Three codes (<= 45 bits) fit beside the <= 7 bits left after each store of
+        // 8 bytes, of which only the complete bytes are kept.
+        let start = self.out.len();
+        self.out.resize(start + (body_bits / 8) as usize + 16, 0);
+        let mut pos = start;
+        let (mut bits, mut n) = (self.bits, self.n);
+        // Bring the pending bits below one byte first.
+        while n >= 8 {
+            self.out[pos] = bits as u8;
+            pos += 1;
+            bits >>= 8;
+            n -= 8;
+        }
+        let mut triples = data.chunks_exact(3);
+        for t in &mut triples {
+            let a = table[t[0] as usize];
+            let b = table[t[1] as usize];
+            let c = table[t[2] as usize];
+            bits |= ((a & 0xffff) as u64) << n;
+            n += a >> 16;
+            bits |= ((b & 0xffff) as u64) << n;
+            n += b >> 16;
+            bits |= ((c & 0xffff) as u64) << n;
+            n += c >> 16;
+            self.out[pos..pos + 8].copy_from_slice(&bits.to_le_bytes());
+            let bytes = n / 8;
+            pos += bytes as usize;
+            bits >>= bytes * 8;
+            n -= bytes * 8;
+        }
+        self.out.truncate(pos);
+        self.bits = bits;
+        self.n = n;
+        for &byte in triples.remainder() {
+            let t = table[byte as usize];
+            self.put(t & 0xffff, t >> 16);
         }
     }
 
@@ -670,10 +720,7 @@ fn huffman_or_stored(data: &[u8], out: &mut Vec<u8>) -> bool {
             w.put(extra as u32, eb);
         }
     }
-    for &b in data {
-        let t = table[b as usize];
-        w.put(t & 0xffff, t >> 16);
-    }
+    w.literals(data, &table, body_bits);
     let eob = table[256];
     w.put(eob & 0xffff, eob >> 16);
     // Empty stored block: the byte-aligned end a sync flush makes.
@@ -707,6 +754,8 @@ fn count_bytes(data: &[u8], hist: &mut [u32; 286]) {
 
 /// Emit output once this much has gathered.
 const ZSTD_EMIT: usize = 1 << 20;
+/// Input per libzstd job when compressing on several threads.
+const ZSTD_JOB: u32 = 1 << 20;
 
 struct Zstd {
     enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
@@ -724,6 +773,9 @@ impl Zstd {
         }
         if threads > 1 {
             enc.multithread(threads as u32)?;
+            // Smaller jobs than libzstd's default (4 x window): memory stays near
+            // threads x a few MiB instead of growing with the level's window.
+            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
         }
         Ok(Zstd { enc })
     }

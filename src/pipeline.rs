@@ -34,6 +34,20 @@ const DESTINATION_GONE: &str = "the destination stopped accepting data";
 /// What every pg_dump custom-format archive starts with.
 pub const CUSTOM_FORMAT_MAGIC: &[u8] = b"PGDMP";
 
+/// Make glibc's malloc hand large freed buffers (chunks, parts, libzstd's job
+/// buffers) straight back to the kernel. By default it raises its mmap threshold after
+/// the first such buffer is freed and then keeps freed buffers in per-thread arenas, so
+/// a process whose threads pass megabyte buffers to each other grows well past what
+/// it holds. Called once at start, before any thread exists.
+pub fn return_freed_buffers_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+    }
+}
+
 fn compression_error(e: std::io::Error) -> anyhow::Error {
     if e.to_string() == DESTINATION_GONE {
         anyhow!(DESTINATION_GONE)
