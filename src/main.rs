@@ -33,6 +33,7 @@ use std::time::Duration;
 fn main() {
     let cli = cli::Cli::parse();
     let term = logging::init(&cli.log);
+    pipeline::return_freed_buffers_to_the_os();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("leaflock-backup")

@@ -3,9 +3,17 @@
 //!
 //! Three stages joined by bounded channels: an async reader that cuts the stream into
 //! 1 MiB chunks (and checks that it starts like a custom-format archive), a blocking
-//! thread that compresses and hashes, and the async writer loop. Every channel is
-//! bounded and the writer waits on the destination, so a slow destination slows
-//! pg_dump down (through its pipe) instead of growing memory.
+//! thread that drives the compressor (which fans chunks out to its worker threads and
+//! hands back compressed bytes in stream order) and hashes what it gets back, and the
+//! async writer loop. Chunks travel as `Bytes` (the reader's buffer is the
+//! compressor's input; a worker's output buffer is what the writer receives). Every
+//! channel is bounded, the compressor keeps at most `2 x threads` chunks in flight, and
+//! the writer waits on the destination, so a slow destination slows pg_dump down
+//! (through its pipe) instead of growing memory.
+//!
+//! At the end, a debug line (`pipeline stages`) says where the time went: CPU spent
+//! compressing, time hashing, time the compressing thread waited for pg_dump and for
+//! the destination, and how many bytes were LZ-coded, entropy-coded or stored.
 
 use crate::compress;
 use crate::config::Compression;
@@ -16,13 +24,37 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 pub const CHUNK: usize = 1 << 20;
 const CHANNEL_DEPTH: usize = 4;
+const DESTINATION_GONE: &str = "the destination stopped accepting data";
 /// What every pg_dump custom-format archive starts with.
 pub const CUSTOM_FORMAT_MAGIC: &[u8] = b"PGDMP";
+
+/// Make glibc's malloc hand large freed buffers (chunks, parts, libzstd's job
+/// buffers) straight back to the kernel. By default it raises its mmap threshold after
+/// the first such buffer is freed and then keeps freed buffers in per-thread arenas, so
+/// a process whose threads pass megabyte buffers to each other grows well past what
+/// it holds. Called once at start, before any thread exists.
+pub fn return_freed_buffers_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+    }
+}
+
+fn compression_error(e: std::io::Error) -> anyhow::Error {
+    if e.to_string() == DESTINATION_GONE {
+        anyhow!(DESTINATION_GONE)
+    } else {
+        anyhow!(e).context("compression failed")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct StreamStats {
@@ -32,11 +64,34 @@ pub struct StreamStats {
     pub sha256: String,
 }
 
-/// Stream `source` through compression into `writer`. Does not finish or abort the
-/// writer: the caller decides, after checking pg_dump's exit status.
+/// Stream `source` through compression into `writer`, compressing on every core.
+/// Does not finish or abort the writer: the caller decides, after checking pg_dump's
+/// exit status.
+#[allow(dead_code)] // the read-side commands and tests use the default thread count
 pub async fn stream<R>(
+    source: R,
+    compression: Compression,
+    writer: &mut dyn ObjectWriter,
+    counters: Arc<Counters>,
+) -> Result<StreamStats>
+where
+    R: AsyncRead + Unpin + Send,
+{
+    stream_with_threads(
+        source,
+        compression,
+        compress::default_threads(),
+        writer,
+        counters,
+    )
+    .await
+}
+
+/// [`stream`] with `threads` compressing threads.
+pub async fn stream_with_threads<R>(
     mut source: R,
     compression: Compression,
+    threads: usize,
     writer: &mut dyn ObjectWriter,
     counters: Arc<Counters>,
 ) -> Result<StreamStats>
@@ -47,27 +102,39 @@ where
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
 
     let compressor = tokio::task::spawn_blocking(move || -> Result<String> {
-        let mut c = compress::new(compression);
+        let mut c = compress::new(compression, threads).context("starting the compressor")?;
         let mut hasher = Sha256::new();
-        let mut emit = |buf: Vec<u8>| -> bool {
-            if buf.is_empty() {
-                return true;
-            }
+        let (mut hashing, mut waiting_out, mut waiting_in) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut emit = |buf: Bytes| -> std::io::Result<()> {
+            let t = Instant::now();
             hasher.update(&buf);
-            out_tx.blocking_send(Bytes::from(buf)).is_ok()
+            let t2 = Instant::now();
+            hashing += t2 - t;
+            let sent = out_tx.blocking_send(buf);
+            waiting_out += t2.elapsed();
+            sent.map_err(|_| std::io::Error::other(DESTINATION_GONE))
         };
-        while let Some(chunk) = in_rx.blocking_recv() {
-            let mut out = Vec::with_capacity(chunk.len() / 2);
-            c.write(&chunk, &mut out).context("compression failed")?;
-            if !emit(out) {
-                bail!("the destination stopped accepting data");
-            }
+        loop {
+            let t = Instant::now();
+            let next = in_rx.blocking_recv();
+            waiting_in += t.elapsed();
+            let Some(chunk) = next else { break };
+            c.write(chunk, &mut emit).map_err(compression_error)?;
         }
-        let mut out = Vec::new();
-        c.finish(&mut out).context("compression failed")?;
-        if !emit(out) {
-            bail!("the destination stopped accepting data");
-        }
+        let stats = c.finish(&mut emit).map_err(compression_error)?;
+        tracing::debug!(
+            compression = compression.name(),
+            threads,
+            compress_cpu_seconds = stats.worker_cpu.as_secs_f64(),
+            sha256_seconds = hashing.as_secs_f64(),
+            waiting_for_pg_dump_seconds = waiting_in.as_secs_f64(),
+            waiting_for_destination_seconds = waiting_out.as_secs_f64(),
+            lz_input_bytes = stats.lz_bytes,
+            huffman_input_bytes = stats.huffman_bytes,
+            stored_input_bytes = stats.stored_bytes,
+            "pipeline stages"
+        );
         Ok(hex::encode(hasher.finalize()))
     });
 

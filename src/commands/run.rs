@@ -66,6 +66,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
         database = %cfg.database.conn.redacted(),
         database_from = cfg.database.source,
         compression = format!("{}:{}", cfg.compression.name(), cfg.compression.level()),
+        compress_threads = cfg.compress_threads,
         schedule = cfg.schedule.as_ref().map(|s| s.expression.as_str()),
         restore_drill = cfg.drill.is_some(),
         "starting backup"
@@ -327,7 +328,13 @@ async fn backup(
     let reporter = Reporter::start(counters.clone(), term.progress);
     let streamed = cancellable(
         cancel,
-        pipeline::stream(stdout, cfg.compression, writer.as_mut(), counters.clone()),
+        pipeline::stream_with_threads(
+            stdout,
+            cfg.compression,
+            cfg.compress_threads,
+            writer.as_mut(),
+            counters.clone(),
+        ),
     )
     .await;
     drop(reporter);
@@ -351,6 +358,14 @@ async fn backup(
             return Err(e);
         }
     };
+
+    tracing::debug!(
+        runner_cpu_seconds = cpu_seconds(libc::RUSAGE_SELF),
+        pg_dump_cpu_seconds = cpu_seconds(libc::RUSAGE_CHILDREN),
+        uncompressed_bytes = stats.uncompressed_bytes,
+        stored_bytes = stats.stored_bytes,
+        "CPU time so far (the runner's threads; pg_dump and the version probes)"
+    );
 
     // Commit: complete the object, then write the manifest.
     let stored = writer.finish().await?;
@@ -408,6 +423,15 @@ async fn backup(
         storage,
         stats,
     })
+}
+
+/// User + system CPU seconds of this process or of its waited-for children.
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage fills the struct we own; all-zero is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    ((tv(ru.ru_utime) + tv(ru.ru_stime)) * 1000.0).round() / 1000.0
 }
 
 async fn abort(writer: Box<dyn ObjectWriter>, key: &str) {
