@@ -17,6 +17,7 @@
 
 use crate::compress;
 use crate::config::Compression;
+use crate::crypto::{EncryptStream, Encryption};
 use crate::progress::Counters;
 use crate::storage::ObjectWriter;
 use anyhow::{anyhow, bail, Context, Result};
@@ -56,6 +57,55 @@ fn compression_error(e: std::io::Error) -> anyhow::Error {
     }
 }
 
+/// The compressing thread's output end: optional age encryption, then sha256 of the
+/// stored bytes, then the channel to the writer.
+struct Sink {
+    hasher: Sha256,
+    out_tx: mpsc::Sender<Bytes>,
+    encrypt: Option<EncryptStream>,
+    hashing: Duration,
+    waiting_out: Duration,
+}
+
+impl Sink {
+    fn emit(&mut self, buf: Bytes) -> std::io::Result<()> {
+        let buf = match &mut self.encrypt {
+            None => buf,
+            Some(e) => {
+                let mut sealed = Vec::with_capacity(buf.len() + 1024);
+                e.write(&buf, &mut sealed)?;
+                if sealed.is_empty() {
+                    return Ok(());
+                }
+                Bytes::from(sealed)
+            }
+        };
+        self.send(buf)
+    }
+
+    fn send(&mut self, buf: Bytes) -> std::io::Result<()> {
+        let t = Instant::now();
+        self.hasher.update(&buf);
+        let t2 = Instant::now();
+        self.hashing += t2 - t;
+        let sent = self.out_tx.blocking_send(buf);
+        self.waiting_out += t2.elapsed();
+        sent.map_err(|_| std::io::Error::other(DESTINATION_GONE))
+    }
+
+    /// End the encryption (its last chunk and tag) after the compressor's trailer.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if let Some(e) = self.encrypt.take() {
+            let mut tail = Vec::new();
+            e.finish(&mut tail)?;
+            if !tail.is_empty() {
+                self.send(Bytes::from(tail))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StreamStats {
     pub uncompressed_bytes: u64,
@@ -81,17 +131,21 @@ where
         source,
         compression,
         compress::default_threads(),
+        None,
         writer,
         counters,
     )
     .await
 }
 
-/// [`stream`] with `threads` compressing threads.
+/// [`stream`] with `threads` compressing threads, and age encryption of the
+/// compressed stream when `encryption` is set (the hash is of the encrypted bytes:
+/// what is stored).
 pub async fn stream_with_threads<R>(
     mut source: R,
     compression: Compression,
     threads: usize,
+    encryption: Option<&Encryption>,
     writer: &mut dyn ObjectWriter,
     counters: Arc<Counters>,
 ) -> Result<StreamStats>
@@ -101,20 +155,21 @@ where
     let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
 
+    let encrypt = match encryption {
+        Some(e) => Some(e.stream().context("starting the encryption")?),
+        None => None,
+    };
     let compressor = tokio::task::spawn_blocking(move || -> Result<String> {
         let mut c = compress::new(compression, threads).context("starting the compressor")?;
-        let mut hasher = Sha256::new();
-        let (mut hashing, mut waiting_out, mut waiting_in) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        let mut emit = |buf: Bytes| -> std::io::Result<()> {
-            let t = Instant::now();
-            hasher.update(&buf);
-            let t2 = Instant::now();
-            hashing += t2 - t;
-            let sent = out_tx.blocking_send(buf);
-            waiting_out += t2.elapsed();
-            sent.map_err(|_| std::io::Error::other(DESTINATION_GONE))
+        let mut sink = Sink {
+            hasher: Sha256::new(),
+            out_tx,
+            encrypt,
+            hashing: Duration::ZERO,
+            waiting_out: Duration::ZERO,
         };
+        let mut waiting_in = Duration::ZERO;
+        let mut emit = |buf: Bytes| sink.emit(buf);
         loop {
             let t = Instant::now();
             let next = in_rx.blocking_recv();
@@ -123,6 +178,13 @@ where
             c.write(chunk, &mut emit).map_err(compression_error)?;
         }
         let stats = c.finish(&mut emit).map_err(compression_error)?;
+        sink.finish().map_err(compression_error)?;
+        let Sink {
+            hasher,
+            hashing,
+            waiting_out,
+            ..
+        } = sink;
         tracing::debug!(
             compression = compression.name(),
             threads,

@@ -69,6 +69,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
         compress_threads = cfg.compress_threads,
         schedule = cfg.schedule.as_ref().map(|s| s.expression.as_str()),
         restore_drill = cfg.drill.is_some(),
+        encryption = cfg.encryption.as_ref().map(|e| e.info().scheme),
         "starting backup"
     );
 
@@ -304,11 +305,11 @@ async fn backup(
         "snapshot pinned and rows counted"
     );
 
-    let object_key = manifest::object_key(
-        cfg.destination.prefix(),
-        started,
-        cfg.compression.extension(),
-    );
+    let extension = match &cfg.encryption {
+        Some(_) => format!("{}.age", cfg.compression.extension()),
+        None => cfg.compression.extension().to_string(),
+    };
+    let object_key = manifest::object_key(cfg.destination.prefix(), started, &extension);
     let manifest_key = manifest::manifest_key(&object_key);
     if cancellable(cancel, storage.exists(&manifest_key)).await? {
         anyhow::bail!("a backup already exists at {manifest_key}; not overwriting it");
@@ -332,6 +333,7 @@ async fn backup(
             stdout,
             cfg.compression,
             cfg.compress_threads,
+            cfg.encryption.as_ref(),
             writer.as_mut(),
             counters.clone(),
         ),
@@ -395,7 +397,7 @@ async fn backup(
             algorithm: cfg.compression.name().into(),
             level: cfg.compression.level(),
         },
-        encryption: None,
+        encryption: cfg.encryption.as_ref().map(|e| e.info()),
         uncompressed_bytes: stats.uncompressed_bytes,
         stored_bytes: stats.stored_bytes,
         sha256: stats.sha256.clone(),
