@@ -42,6 +42,8 @@ pub struct RunConfig {
     pub drill: Option<DrillOptions>,
     /// Applied after a fully successful run.
     pub retention: Option<Policy>,
+    /// Debris of interrupted runs older than this is removed at the start of a run.
+    pub orphan_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +274,33 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// Parse a duration: seconds, or a number with s, m, h or d (`0`, `90s`, `30m`, `1h`, `2d`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+/// `--orphan-grace` / LEAFLOCK_BACKUP_ORPHAN_GRACE.
+pub fn resolve_orphan_grace(args: &RetentionArgs) -> Result<Duration> {
+    match parse_duration(&args.orphan_grace) {
+        Some(d) => Ok(d),
+        None => usage(format!(
+            "--orphan-grace / LEAFLOCK_BACKUP_ORPHAN_GRACE: expected a duration such as 0, 90s, 30m, 1h or 2d, got {:?}",
+            args.orphan_grace
+        )),
+    }
 }
 
 /// Normalise a key prefix: no leading `/`, no `..` or empty segments, ends with `/`
@@ -696,6 +725,7 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     Ok(RunConfig {
         drill,
         retention: resolve_retention(&args.retention, env)?,
+        orphan_grace: resolve_orphan_grace(&args.retention)?,
         database,
         destination: resolve_destination(&args.destination, env)?,
         compression: resolve_compression(&args.dump)?,

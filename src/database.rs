@@ -115,6 +115,13 @@ pub struct Snapshot {
 /// rows of every table pg_dump will dump, in that snapshot. The transaction stays open
 /// until the client is dropped.
 pub async fn pin_snapshot(client: &Client) -> Result<Snapshot> {
+    // Like pg_dump's own session: a statement_timeout or idle-in-transaction timeout
+    // set for the role or database (sensible for the application) must not kill the
+    // row counts or the snapshot pg_dump is about to import.
+    client
+        .batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+        .await
+        .context("cannot set the session's timeouts")?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await

@@ -9,6 +9,7 @@ mod compress;
 mod config;
 mod conninfo;
 mod database;
+mod debris;
 mod drill;
 mod dump;
 mod error;
