@@ -62,6 +62,10 @@ pub async fn connect_as(conn: &ConnInfo, timeout: Duration, app: &str) -> Result
         .user(&conn.user)
         .dbname(&conn.dbname)
         .application_name(app)
+        // Like pg_dump's and pg_restore's own sessions: a statement or idle-in-transaction
+        // timeout set for the role or database (sensible for the application) must not
+        // cancel row counts, kill the snapshot pg_dump imports, or fail a drill.
+        .options("-c statement_timeout=0 -c idle_in_transaction_session_timeout=0")
         .connect_timeout(timeout)
         .ssl_mode(match conn.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
@@ -115,13 +119,6 @@ pub struct Snapshot {
 /// rows of every table pg_dump will dump, in that snapshot. The transaction stays open
 /// until the client is dropped.
 pub async fn pin_snapshot(client: &Client) -> Result<Snapshot> {
-    // Like pg_dump's own session: a statement_timeout or idle-in-transaction timeout
-    // set for the role or database (sensible for the application) must not kill the
-    // row counts or the snapshot pg_dump is about to import.
-    client
-        .batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
-        .await
-        .context("cannot set the session's timeouts")?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await

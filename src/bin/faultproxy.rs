@@ -18,6 +18,7 @@
 //! refuse                       stop accepting connections from then on
 //! delay=MS                     hold the request MS milliseconds, then forward it
 //! ...,match=TEXT               only requests whose "METHOD /path?query" contains TEXT
+//! ...,method=PUT               only requests with this method
 //! ...,first=N                  only the first N selected requests
 //! ...,after=N                  only selected requests after the first N
 //! ...,rate=F                   a fraction F of selected requests (seeded, --seed)
@@ -76,6 +77,7 @@ enum Action {
 struct Rule {
     action: Action,
     matches: Option<String>,
+    method: Option<String>,
     first: Option<u64>,
     after: Option<u64>,
     rate: Option<f64>,
@@ -100,6 +102,7 @@ fn parse_rule(spec: &str) -> Result<Rule, String> {
     let mut rule = Rule {
         action: Action::Refuse,
         matches: None,
+        method: None,
         first: None,
         after: None,
         rate: None,
@@ -119,6 +122,7 @@ fn parse_rule(spec: &str) -> Result<Rule, String> {
             "code" => code = Some(v.to_string()),
             "bytes" => bytes = Some(num(v)?),
             "match" => rule.matches = Some(v.to_string()),
+            "method" => rule.method = Some(v.to_ascii_uppercase()),
             "first" => rule.first = Some(num(v)?),
             "after" => rule.after = Some(num(v)?),
             "rate" => {
@@ -157,7 +161,11 @@ impl State {
     /// The action for a request, if a rule selects it.
     fn decide(&self, line: &str) -> Option<Action> {
         for r in &self.rules {
-            if r.matches.as_deref().is_some_and(|m| !line.contains(m)) {
+            if r.matches.as_deref().is_some_and(|m| !line.contains(m))
+                || r.method
+                    .as_deref()
+                    .is_some_and(|m| !line.starts_with(&format!("{m} ")))
+            {
                 continue;
             }
             let n = r.seen.fetch_add(1, Ordering::SeqCst);

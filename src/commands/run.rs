@@ -82,7 +82,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
                 Some(guard),
             ),
             Err(e) if e.downcast_ref::<LockHeld>().is_some() => return Err(e),
-            Err(e) => (Err(e), None),
+            Err(e) => (Err(e.context("database")), None),
         };
     let duration = clock.elapsed().as_secs_f64();
     let finished = Utc::now();
@@ -382,12 +382,16 @@ async fn backup(
             Err(e) if cancel.signal().is_some() => Err(e),
             Err(e) => Err(e.context("dump")),
         },
-        Err(e) => {
+        Err(e) if cancel.signal().is_some() || is_upload_error(&e) => {
             dump.stop().await;
-            if cancel.signal().is_some() || is_upload_error(&e) {
-                Err(e)
-            } else {
-                Err(e.context("dump"))
+            Err(e)
+        }
+        Err(e) => {
+            // The stream broke on pg_dump's side (no output, not an archive, a read
+            // error): pg_dump's own exit status and stderr say why, when it has one.
+            match tokio::time::timeout(std::time::Duration::from_secs(5), dump.wait()).await {
+                Ok(Err(d)) => Err(d.context("dump")),
+                _ => Err(e.context("dump")),
             }
         }
     };
