@@ -924,3 +924,55 @@ mod tests {
         assert!(normalize_prefix("a//b", "x").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn scalar_parsers_never_panic(s in any::<String>()) {
+            let _ = parse_size(&s);
+            let _ = parse_duration(&s);
+            let _ = normalize_prefix(&s, "x");
+            let _ = check_bucket_name(&s);
+            let _ = Compression::parse(&s);
+        }
+
+        #[test]
+        fn accepted_prefixes_are_clean(s in "[a-z./]{0,12}") {
+            if let Ok(p) = normalize_prefix(&s, "x") {
+                prop_assert!(p.is_empty() || p.ends_with('/'));
+                prop_assert!(!p.starts_with('/'));
+                prop_assert!(!p.split('/').any(|seg| seg == ".." || seg == "."));
+            }
+        }
+
+        #[test]
+        fn any_flag_values_resolve_or_fail_with_a_usage_error(
+            values in proptest::collection::vec(any::<String>(), 12),
+        ) {
+            let flags = [
+                "--database-url", "--s3-bucket", "--prefix", "--s3-endpoint", "--s3-region",
+                "--part-size", "--compression", "--pushgateway-url", "--schedule", "--timezone",
+                "--orphan-grace", "--sse-c-key",
+            ];
+            let mut argv = vec!["leaflock-backup".to_string(), "run".to_string()];
+            for (f, v) in flags.iter().zip(&values) {
+                argv.push(format!("{f}={v}"));
+            }
+            if let Ok(cli) = Cli::try_parse_from(&argv) {
+                let Command::Run(args) = cli.command else { unreachable!() };
+                if let Err(e) = resolve_run(&args, &|_| None) {
+                    prop_assert!(e.downcast_ref::<crate::error::UsageError>().is_some(), "{e}");
+                    prop_assert!(!e.to_string().contains('\n'), "one line: {e}");
+                }
+            }
+        }
+    }
+}
