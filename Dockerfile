@@ -13,7 +13,7 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked \
+RUN cargo build --release --locked --bin leaflock-backup \
     && install -D -m 0755 target/release/leaflock-backup /out/leaflock-backup
 
 # ---- run -----------------------------------------------------------------------------

@@ -104,12 +104,14 @@ KUBEVALIDATE_PYPI=kubernetes-validate
 KUBEVALIDATE_PYPI_VERSION=1.37.0
 
 # Debian packages. The libraries are the run-time dependencies of the
-# PostgreSQL 18 binaries (libossp-uuid16 for uuid-ossp).
+# PostgreSQL 18 binaries (libossp-uuid16 for uuid-ossp). jq and time (GNU, for
+# peak RSS) are used by scripts/soak.sh, which a test runs briefly; util-linux
+# brings runuser, mount and umount for the fault tests.
 APT_PACKAGES=(
     postgresql-15 postgresql-client-15
     prometheus prometheus-pushgateway
     python3 python3-venv
-    curl ca-certificates util-linux
+    curl ca-certificates util-linux jq
     gzip zstd pigz time
     libossp-uuid16 libicu72 libxml2 libreadline8 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2
 )

@@ -150,6 +150,18 @@ pub struct RetentionArgs {
     /// backups within 30 days).
     #[arg(long, env = "LEAFLOCK_BACKUP_ALLOW_LONG_RETENTION")]
     pub allow_long_retention: bool,
+
+    /// Debris of interrupted runs (open multipart uploads, `.partial-*` files, this tool's
+    /// objects without a manifest) older than this is removed at the start of every run and
+    /// by prune (e.g. 90s, 30m, 1h, 2d; 0 removes all of it: only when no other run can be
+    /// writing under the same prefix).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_ORPHAN_GRACE",
+        default_value = "1h",
+        value_name = "DURATION"
+    )]
+    pub orphan_grace: String,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,8 @@ pub struct RunConfig {
     /// Applied after a fully successful run.
     pub retention: Option<Policy>,
     pub encryption: Option<Encryption>,
+    /// Debris of interrupted runs older than this is removed at the start of a run.
+    pub orphan_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +293,33 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// Parse a duration: seconds, or a number with s, m, h or d (`0`, `90s`, `30m`, `1h`, `2d`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+/// `--orphan-grace` / LEAFLOCK_BACKUP_ORPHAN_GRACE.
+pub fn resolve_orphan_grace(args: &RetentionArgs) -> Result<Duration> {
+    match parse_duration(&args.orphan_grace) {
+        Some(d) => Ok(d),
+        None => usage(format!(
+            "--orphan-grace / LEAFLOCK_BACKUP_ORPHAN_GRACE: expected a duration such as 0, 90s, 30m, 1h or 2d, got {:?}",
+            args.orphan_grace
+        )),
+    }
 }
 
 /// Normalise a key prefix: no leading `/`, no `..` or empty segments, ends with `/`
@@ -796,6 +825,7 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
         drill,
         encryption,
         retention: resolve_retention(&args.retention, env)?,
+        orphan_grace: resolve_orphan_grace(&args.retention)?,
         database,
         destination: resolve_destination(&args.destination, env)?,
         compression: resolve_compression(&args.dump)?,
@@ -1024,5 +1054,57 @@ mod tests {
         assert_eq!(normalize_prefix("/backups", "x").unwrap(), "backups/");
         assert_eq!(normalize_prefix("", "x").unwrap(), "");
         assert!(normalize_prefix("a//b", "x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn scalar_parsers_never_panic(s in any::<String>()) {
+            let _ = parse_size(&s);
+            let _ = parse_duration(&s);
+            let _ = normalize_prefix(&s, "x");
+            let _ = check_bucket_name(&s);
+            let _ = Compression::parse(&s);
+        }
+
+        #[test]
+        fn accepted_prefixes_are_clean(s in "[a-z./]{0,12}") {
+            if let Ok(p) = normalize_prefix(&s, "x") {
+                prop_assert!(p.is_empty() || p.ends_with('/'));
+                prop_assert!(!p.starts_with('/'));
+                prop_assert!(!p.split('/').any(|seg| seg == ".." || seg == "."));
+            }
+        }
+
+        #[test]
+        fn any_flag_values_resolve_or_fail_with_a_usage_error(
+            values in proptest::collection::vec(any::<String>(), 12),
+        ) {
+            let flags = [
+                "--database-url", "--s3-bucket", "--prefix", "--s3-endpoint", "--s3-region",
+                "--part-size", "--compression", "--pushgateway-url", "--schedule", "--timezone",
+                "--orphan-grace", "--sse-c-key",
+            ];
+            let mut argv = vec!["leaflock-backup".to_string(), "run".to_string()];
+            for (f, v) in flags.iter().zip(&values) {
+                argv.push(format!("{f}={v}"));
+            }
+            if let Ok(cli) = Cli::try_parse_from(&argv) {
+                let Command::Run(args) = cli.command else { unreachable!() };
+                if let Err(e) = resolve_run(&args, &|_| None) {
+                    prop_assert!(e.downcast_ref::<crate::error::UsageError>().is_some(), "{e}");
+                    prop_assert!(!e.to_string().contains('\n'), "one line: {e}");
+                }
+            }
+        }
     }
 }

@@ -309,3 +309,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parse_url_never_panics(s in any::<String>()) {
+            let _ = ConnInfo::parse_url(&s);
+        }
+
+        #[test]
+        fn url_shaped_input_never_panics_and_never_leaks_the_password(
+            user in "[a-zA-Z0-9%@:._-]{0,12}",
+            pw in "[a-zA-Z0-9%@:/?#._-]{1,12}",
+            host in "[a-zA-Z0-9.:\\[\\]%-]{0,16}",
+            rest in "[a-zA-Z0-9/?=&%._-]{0,24}",
+        ) {
+            let url = format!("postgresql://{user}:{pw}@{host}{rest}");
+            if let Ok(c) = ConnInfo::parse_url(&url) {
+                if let Some(p) = c.password().filter(|p| p.len() >= 4) {
+                    prop_assert!(!c.redacted().contains(p), "{}", c.redacted());
+                    let needle = format!(":{p}@");
+                    prop_assert!(!c.url_without_password().contains(&needle));
+                }
+            }
+        }
+    }
+}

@@ -62,6 +62,10 @@ pub async fn connect_as(conn: &ConnInfo, timeout: Duration, app: &str) -> Result
         .user(&conn.user)
         .dbname(&conn.dbname)
         .application_name(app)
+        // Like pg_dump's and pg_restore's own sessions: a statement or idle-in-transaction
+        // timeout set for the role or database (sensible for the application) must not
+        // cancel row counts, kill the snapshot pg_dump imports, or fail a drill.
+        .options("-c statement_timeout=0 -c idle_in_transaction_session_timeout=0")
         .connect_timeout(timeout)
         .ssl_mode(match conn.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,

@@ -17,6 +17,9 @@ pub fn spawn(tool: &PgTool, conn: &ConnInfo, snapshot: &str) -> Result<(ToolProc
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--dbname={}", conn.url_without_password()))
         .envs(conn.libpq_env())
+        // pg_dump turns statement_timeout off itself, but only after its first queries:
+        // a tiny timeout set for the role or database would still cancel those.
+        .env("PGOPTIONS", pg_options())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -27,4 +30,13 @@ pub fn spawn(tool: &PgTool, conn: &ConnInfo, snapshot: &str) -> Result<(ToolProc
         .with_context(|| format!("cannot start {}", tool.path.display()))?;
     let stdout = child.stdout.take().expect("piped stdout");
     Ok((ToolProcess::watch("pg_dump", child), stdout))
+}
+
+/// `PGOPTIONS` for pg_dump: whatever the environment had, then timeouts off.
+fn pg_options() -> String {
+    let ours = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0";
+    match std::env::var("PGOPTIONS") {
+        Ok(v) if !v.trim().is_empty() => format!("{v} {ours}"),
+        _ => ours.to_string(),
+    }
 }

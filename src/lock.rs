@@ -39,6 +39,9 @@ pub async fn acquire(conn: &ConnInfo, timeout: Duration, run_id: &str) -> Result
         chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
     );
     let client = database::connect_as(conn, timeout, &label).await?;
+    // The lock lives as long as this idle session: an idle_session_timeout (PostgreSQL
+    // 14+) set for the role must not end it mid-run. Older servers lack the setting.
+    let _ = client.batch_execute("SET idle_session_timeout = 0").await;
     let (k1, k2) = key(&conn.dbname);
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&k1, &k2])

@@ -38,11 +38,13 @@ pub fn init(args: &LogArgs) -> Terminal {
         LogFormat::Text => true,
     };
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| {
+        // Bad configuration, before any work: exit 2 like every other bad value.
         eprintln!(
-            "warning: --log-level / LEAFLOCK_BACKUP_LOG_LEVEL {:?} is not a level; using info",
+            "error: --log-level / LEAFLOCK_BACKUP_LOG_LEVEL: {:?} is not a level or filter \
+             (error, warn, info, debug, trace, or a tracing filter)",
             args.log_level
         );
-        EnvFilter::new("info")
+        std::process::exit(crate::error::EXIT_USAGE);
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -10,6 +10,7 @@ mod config;
 mod conninfo;
 mod crypto;
 mod database;
+mod debris;
 mod drill;
 mod dump;
 mod error;

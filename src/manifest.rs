@@ -181,3 +181,37 @@ mod tests {
         assert!(Manifest::from_json(bad.as_bytes()).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = r#"{"format_version":1,"tool":"leaflock-backup","tool_version":"0.1.0",
+      "run_id":"r","object_key":"k","database":"notes","server_version":"15","server_version_num":150000,
+      "pg_dump_version":"pg_dump 15","started_at":"2026-03-07T02:00:09Z","finished_at":"2026-03-07T02:00:10Z",
+      "duration_seconds":1.0,"compression":{"algorithm":"gzip","level":6},"encryption":null,
+      "uncompressed_bytes":10,"stored_bytes":5,
+      "sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+      "snapshot":"s","tables":[{"schema":"public","name":"notes","rows":3}]}"#;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Manifest::from_json(&data);
+        }
+
+        #[test]
+        fn truncated_or_edited_manifests_never_panic(cut in 0..SAMPLE.len(), at in 0..SAMPLE.len(), b in any::<u8>()) {
+            prop_assert!(Manifest::from_json(SAMPLE.as_bytes()).is_ok());
+            prop_assert!(Manifest::from_json(&SAMPLE.as_bytes()[..cut]).is_err());
+            let mut edited = SAMPLE.as_bytes().to_vec();
+            edited[at] = b;
+            if let Ok(m) = Manifest::from_json(&edited) {
+                prop_assert_eq!(m.sha256.len(), 64);
+            }
+        }
+    }
+}

@@ -218,3 +218,29 @@ mod tests {
         assert!(e.contains("time zone"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parse_never_panics(expr in any::<String>(), tz in "[A-Za-z/_+-]{0,20}") {
+            if let Ok(s) = Schedule::parse(&expr, &tz) {
+                let _ = s.next_after(chrono::Utc::now());
+            }
+        }
+
+        #[test]
+        fn cron_shaped_input_never_panics(
+            fields in proptest::collection::vec("[0-9*/,?LW#A-Za-z-]{1,6}", 0..8),
+        ) {
+            if let Ok(s) = Schedule::parse(&fields.join(" "), "UTC") {
+                let _ = s.upcoming(chrono::Utc::now(), 3);
+            }
+        }
+    }
+}

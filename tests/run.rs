@@ -415,6 +415,177 @@ fn bad_configuration_exits_2_before_any_connection_naming_the_input() {
             vec![],
             "--pg-dump",
         ),
+        (
+            vec![],
+            vec![("LEAFLOCK_BACKUP_DATABASE_URL", "postgresql://u@h:99999/db")],
+            "--database-url",
+        ),
+        (
+            vec![],
+            vec![(
+                "LEAFLOCK_BACKUP_DATABASE_URL",
+                "postgresql://u@h/db?sslmode=sometimes",
+            )],
+            "--database-url",
+        ),
+        (vec!["--connect-timeout", "0"], vec![], "--connect-timeout"),
+        (vec!["--s3-bucket", "a..b"], vec![], "--s3-bucket"),
+        (vec!["--s3-bucket=-leading"], vec![], "--s3-bucket"),
+        (vec!["--s3-bucket", "s3://x"], vec![], "--s3-bucket"),
+        (
+            vec!["--s3-bucket", "s3://ok-bucket/a/../b"],
+            vec![],
+            "--s3-bucket",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--prefix", "a//b"],
+            vec![],
+            "--prefix",
+        ),
+        (vec!["--prefix", ".."], vec![], "--prefix"),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--s3-region", "us east"],
+            vec![],
+            "--s3-region",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--s3-secret-key", "sk"],
+            vec![],
+            "--s3-access-key",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--s3-storage-class", "CHEAP"],
+            vec![],
+            "--s3-storage-class",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--part-size=-5MiB"],
+            vec![],
+            "--part-size",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--part-size", "6GiB"],
+            vec![],
+            "--part-size",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--parts-in-flight", "65"],
+            vec![],
+            "--parts-in-flight",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--sse", "AES128"],
+            vec![],
+            "--sse",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--sse-kms-key-id", "k"],
+            vec![],
+            "--sse-kms-key-id",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--sse-c-key", "not-base64"],
+            vec![],
+            "--sse-c-key",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--object-lock-days", "0"],
+            vec![],
+            "--object-lock-days",
+        ),
+        (
+            vec![
+                "--s3-bucket",
+                "ok-bucket",
+                "--object-lock-days",
+                "3",
+                "--object-lock-mode",
+                "forever",
+            ],
+            vec![],
+            "--object-lock-mode",
+        ),
+        (
+            vec!["--s3-bucket", "ok-bucket", "--s3-max-attempts=-1"],
+            vec![],
+            "--s3-max-attempts",
+        ),
+        (vec!["--compression", "zstd:99"], vec![], "--compression"),
+        (vec!["--compression", ""], vec![], "--compression"),
+        (
+            vec![
+                "--pushgateway-url",
+                "http://pgw:9091",
+                "--pushgateway-job",
+                "",
+            ],
+            vec![],
+            "--pushgateway-job",
+        ),
+        (
+            vec![
+                "--pushgateway-url",
+                "http://pgw:9091",
+                "--pushgateway-timeout",
+                "0",
+            ],
+            vec![],
+            "--pushgateway-timeout",
+        ),
+        (vec!["--schedule", "61 * * * *"], vec![], "--schedule"),
+        (
+            vec![],
+            vec![("BACKUP_SCHEDULE", "every day")],
+            "BACKUP_SCHEDULE",
+        ),
+        (vec!["--timezone", "Moon/Base"], vec![], "--timezone"),
+        (
+            vec!["--restore-drill", "--drill-database-url", "mysql://h/db"],
+            vec![],
+            "--drill-database-url",
+        ),
+        (
+            vec!["--restore-drill", "--pg-restore", "/nonexistent/pg_restore"],
+            vec![],
+            "--pg-restore",
+        ),
+        (vec!["--keep-last", "0"], vec![], "--keep-last"),
+        (vec!["--keep-weekly", "0"], vec![], "--keep-weekly"),
+        (vec!["--keep-monthly", "0"], vec![], "--keep-monthly"),
+        (vec!["--max-age", "0"], vec![], "--max-age"),
+        (
+            vec![],
+            vec![("BACKUP_RETENTION_DAYS", "soon")],
+            "BACKUP_RETENTION_DAYS",
+        ),
+        (vec!["--orphan-grace", "1y"], vec![], "--orphan-grace"),
+        (vec!["--orphan-grace=-1h"], vec![], "--orphan-grace"),
+        (
+            vec![],
+            vec![
+                ("LEAFLOCK_BACKUP_DATABASE_URL", ""),
+                ("PGHOST", "h"),
+                ("PGPORT", "0"),
+            ],
+            "PGPORT",
+        ),
+        (
+            vec![],
+            vec![
+                ("LEAFLOCK_BACKUP_DATABASE_URL", ""),
+                ("PGHOST", "h"),
+                ("PGSSLMODE", "always"),
+            ],
+            "PGSSLMODE",
+        ),
+        (
+            vec![],
+            vec![
+                ("LEAFLOCK_BACKUP_DATABASE_URL", ""),
+                ("DATABASE_URL", "postgres//x"),
+            ],
+            "DATABASE_URL",
+        ),
     ];
     for (args, env, needle) in cases {
         let mut cmd = runner();
@@ -427,7 +598,7 @@ fn bad_configuration_exits_2_before_any_connection_naming_the_input() {
         }
         cmd.args(&args).envs(env.iter().copied());
         let r = run(cmd);
-        r.expect_code(2);
+        assert_eq!(r.code, 2, "{args:?} {env:?}: {}", r.stderr);
         let errors: Vec<&Value> = r.lines.iter().filter(|l| l["level"] == "error").collect();
         assert_eq!(errors.len(), 1, "one error line for {args:?}: {}", r.stderr);
         let msg = errors[0]["msg"].as_str().unwrap();
@@ -441,6 +612,29 @@ fn bad_configuration_exits_2_before_any_connection_naming_the_input() {
     let mut unknown = runner();
     unknown.args(["run", "--no-such-flag"]);
     run(unknown).expect_code(2);
+    // Values clap itself refuses (types, booleans, enums): exit 2 naming the flag.
+    for (flag, value) in [
+        ("--connect-timeout", "-1"),
+        ("--connect-timeout", "soon"),
+        ("--parts-in-flight", "many"),
+        ("--s3-max-attempts", "x"),
+        ("--s3-force-path-style", "maybe"),
+        ("--pushgateway-timeout", "-5"),
+        ("--keep-last", "-1"),
+        ("--keep-daily", "x"),
+        ("--max-age", "-30"),
+        ("--object-lock-days", "-1"),
+        ("--log-format", "xml"),
+        ("--local-dir", ""),
+        ("--log-level", "info,=bad[x"),
+    ] {
+        let mut cmd = runner();
+        cmd.args(["run", &format!("{flag}={value}")])
+            .env("LEAFLOCK_BACKUP_DATABASE_URL", &unreachable);
+        let r = run(cmd);
+        r.expect_code(2);
+        assert!(r.stderr.contains(flag), "{flag}={value}: {}", r.stderr);
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@
 use crate::cli::RunArgs;
 use crate::config::{self, RunConfig};
 use crate::database;
+use crate::debris;
 use crate::drill::{self, DrillRecord};
 use crate::dump;
 use crate::error::LockHeld;
@@ -83,7 +84,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
                 Some(guard),
             ),
             Err(e) if e.downcast_ref::<LockHeld>().is_some() => return Err(e),
-            Err(e) => (Err(e), None),
+            Err(e) => (Err(e.context("database")), None),
         };
     let duration = clock.elapsed().as_secs_f64();
     let finished = Utc::now();
@@ -156,7 +157,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
     result?;
     match drill {
         Some(d) if !d.passed => Err(anyhow!(
-            "restore drill failed (the backup is kept, marked drill-failed): {}",
+            "drill: restore drill failed (the backup is kept, marked drill-failed): {}",
             d.failures.join("; ")
         )),
         _ => Ok(()),
@@ -277,15 +278,49 @@ async fn backup(
         s.preflight().await?;
         Ok(s)
     })
-    .await?;
+    .await
+    .context("destination")?;
     tracing::info!(destination = %storage.describe(), "destination ready");
+
+    // Debris of earlier runs that were killed (open uploads, objects without a
+    // manifest) goes first; a problem here never stops the backup.
+    match cancellable(
+        cancel,
+        debris::sweep(
+            storage.as_ref(),
+            cfg.destination.prefix(),
+            cfg.orphan_grace,
+            false,
+        ),
+    )
+    .await
+    {
+        Ok(s) if s != debris::Swept::default() => tracing::info!(
+            aborted_uploads = s.uploads,
+            removed_objects = s.objects,
+            younger_than_grace = s.young,
+            failed = s.failed,
+            "debris of interrupted runs: {} unfinished upload(s) aborted, {} object(s) without manifest removed",
+            s.uploads,
+            s.objects
+        ),
+        Ok(_) => {}
+        Err(e) if cancel.signal().is_some() => return Err(e),
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "could not look for debris of interrupted runs; going on with the backup"
+        ),
+    }
 
     let client = cancellable(
         cancel,
         database::connect(conn, cfg.database.connect_timeout),
     )
-    .await?;
-    let version = cancellable(cancel, database::server_version(&client)).await?;
+    .await
+    .context("database")?;
+    let version = cancellable(cancel, database::server_version(&client))
+        .await
+        .context("database")?;
     let tool = pgtool::select("pg_dump", cfg.database.pg_dump.as_deref(), version.major())
         .with_context(|| format!("the server is PostgreSQL {}", version.major()))?;
     tracing::info!(
@@ -296,7 +331,9 @@ async fn backup(
         tool.path.display()
     );
 
-    let snap = cancellable(cancel, database::pin_snapshot(&client)).await?;
+    let snap = cancellable(cancel, database::pin_snapshot(&client))
+        .await
+        .context("database")?;
     let total_rows: i64 = snap.tables.iter().map(|t| t.rows).sum();
     tracing::info!(
         snapshot = %snap.id,
@@ -311,20 +348,24 @@ async fn backup(
     };
     let object_key = manifest::object_key(cfg.destination.prefix(), started, &extension);
     let manifest_key = manifest::manifest_key(&object_key);
-    if cancellable(cancel, storage.exists(&manifest_key)).await? {
+    if cancellable(cancel, storage.exists(&manifest_key))
+        .await
+        .context("destination")?
+    {
         anyhow::bail!("a backup already exists at {manifest_key}; not overwriting it");
     }
 
     let counters = Arc::new(Counters::default());
-    let (dump, stdout) = dump::spawn(&tool, conn, &snap.id)?;
+    let (dump, stdout) = dump::spawn(&tool, conn, &snap.id).context("dump")?;
     tracing::debug!(pid = dump.pid(), "pg_dump started");
-    let mut writer = match cancellable(cancel, storage.create(&object_key)).await {
+    let writer = match cancellable(cancel, storage.create(&object_key)).await {
         Ok(w) => w,
         Err(e) => {
             dump.stop().await;
-            return Err(e);
+            return Err(e.context("upload"));
         }
     };
+    let mut writer: Box<dyn ObjectWriter> = Box::new(Staged(writer));
 
     let reporter = Reporter::start(counters.clone(), term.progress);
     let streamed = cancellable(
@@ -342,15 +383,25 @@ async fn backup(
     drop(reporter);
 
     // pg_dump's verdict decides whether the stream is a backup, so it is checked
-    // before the object is completed.
+    // before the object is completed. A stream that broke on the destination's side
+    // says "upload:"; anything else on the way is the dump's.
     let streamed = match streamed {
         Ok(stats) => match cancellable(cancel, dump.wait()).await {
             Ok(()) => Ok(stats),
-            Err(e) => Err(e),
+            Err(e) if cancel.signal().is_some() => Err(e),
+            Err(e) => Err(e.context("dump")),
         },
-        Err(e) => {
+        Err(e) if cancel.signal().is_some() || is_upload_error(&e) => {
             dump.stop().await;
             Err(e)
+        }
+        Err(e) => {
+            // The stream broke on pg_dump's side (no output, not an archive, a read
+            // error): pg_dump's own exit status and stderr say why, when it has one.
+            match tokio::time::timeout(std::time::Duration::from_secs(5), dump.wait()).await {
+                Ok(Err(d)) => Err(d.context("dump")),
+                _ => Err(e.context("dump")),
+            }
         }
     };
     let stats = match streamed {
@@ -411,7 +462,9 @@ async fn backup(
         .await
     {
         remove_orphan(storage.as_ref(), &object_key).await;
-        return Err(e.context("the manifest could not be written, so this is not a backup"));
+        return Err(e
+            .context("the manifest could not be written, so this is not a backup")
+            .context("commit"));
     }
     if let Some(sig) = cancel.signal() {
         tracing::warn!(
@@ -434,6 +487,28 @@ fn cpu_seconds(who: libc::c_int) -> f64 {
     unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     ((tv(ru.ru_utime) + tv(ru.ru_stime)) * 1000.0).round() / 1000.0
+}
+
+/// The destination's writer, its errors labelled with the stage (`upload: ...`).
+struct Staged(Box<dyn ObjectWriter>);
+
+const UPLOAD: &str = "upload";
+
+fn is_upload_error(e: &anyhow::Error) -> bool {
+    e.chain().next().is_some_and(|c| c.to_string() == UPLOAD)
+}
+
+#[async_trait::async_trait]
+impl ObjectWriter for Staged {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        self.0.write(data).await.context(UPLOAD)
+    }
+    async fn finish(self: Box<Self>) -> Result<u64> {
+        self.0.finish().await.context(UPLOAD)
+    }
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.0.abort().await
+    }
 }
 
 async fn abort(writer: Box<dyn ObjectWriter>, key: &str) {

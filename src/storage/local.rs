@@ -5,7 +5,7 @@
 //! the directory fsynced. A crash leaves at most a `.partial` file, never a partial
 //! object under a final name.
 
-use super::{ObjectInfo, ObjectWriter, Storage};
+use super::{ObjectInfo, ObjectWriter, Storage, Unfinished};
 use crate::config::LocalConfig;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
@@ -35,6 +35,12 @@ impl LocalStorage {
         }
         Ok(self.dir.join(key))
     }
+}
+
+/// Whether `key` names a temporary file of this backend (`.NAME.partial-PID-RANDOM`).
+pub fn is_temporary(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with('.') && name.contains(".partial-")
 }
 
 fn temp_path(final_path: &Path) -> PathBuf {
@@ -177,6 +183,31 @@ impl Storage for LocalStorage {
 
     async fn exists(&self, key: &str) -> Result<bool> {
         Ok(tokio::fs::try_exists(self.path(key)?).await?)
+    }
+
+    async fn list_unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter(|o| is_temporary(&o.key))
+            .map(|o| Unfinished {
+                id: o.key.clone(),
+                key: o.key,
+                started: o.modified,
+            })
+            .collect())
+    }
+
+    async fn discard_unfinished(&self, u: &Unfinished) -> Result<()> {
+        if !is_temporary(&u.id) {
+            bail!("{} is not a temporary file", u.id);
+        }
+        match tokio::fs::remove_file(self.path(&u.id)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", u.id)),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

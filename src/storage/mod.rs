@@ -6,7 +6,10 @@
 //! - `ObjectWriter::abort` leaves nothing behind (no open multipart upload, no
 //!   temporary file);
 //! - memory held by a writer is bounded by its configuration, never by object size;
-//! - `put_small` (used for manifests) is all-or-nothing too.
+//! - `put_small` (used for manifests) is all-or-nothing too;
+//! - what a killed process leaves behind (an open multipart upload, a temporary file)
+//!   is found by `list_unfinished` and removed by `discard_unfinished` (see
+//!   `debris.rs`).
 
 pub mod local;
 pub mod s3;
@@ -17,6 +20,18 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
+
+/// An upload that was started and never completed nor aborted: an open S3 multipart
+/// upload, or a local temporary (`.partial-*`) file.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    /// The key the object would have had (local: the temporary file's key).
+    pub key: String,
+    /// S3 upload id; the temporary file's key for a local directory.
+    pub id: String,
+    /// When it was started (S3) or last written (local).
+    pub started: Option<DateTime<Utc>>,
+}
 
 /// One stored object, as listed.
 #[derive(Debug, Clone)]
@@ -55,6 +70,13 @@ pub trait Storage: Send + Sync {
 
     /// Delete one object (used to remove an object whose manifest could not be written).
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Uploads under `prefix` that were started and never finished nor aborted.
+    async fn list_unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>>;
+
+    /// Abort one unfinished upload (S3) or remove its temporary file (local). One that
+    /// is already gone is not an error.
+    async fn discard_unfinished(&self, u: &Unfinished) -> Result<()>;
 }
 
 #[async_trait]

@@ -9,7 +9,7 @@
 //! Transient errors are retried by the SDK's standard retry mode (exponential backoff
 //! with jitter) up to `max_attempts`.
 
-use super::{ObjectInfo, ObjectWriter, Storage};
+use super::{ObjectInfo, ObjectWriter, Storage, Unfinished};
 use crate::config::{LockMode, S3Config, Sse};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
@@ -387,6 +387,75 @@ impl Storage for S3Storage {
             Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(false),
             Err(e) => Err(anyhow!(
                 "cannot check {key} in {}: {}",
+                self.where_,
+                describe_error(&e)
+            )),
+        }
+    }
+
+    async fn list_unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot list the unfinished uploads under {prefix} in {}: {}",
+                        self.where_,
+                        describe_error(&e)
+                    )
+                })?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                out.push(Unfinished {
+                    key: key.to_string(),
+                    id: id.to_string(),
+                    started: u
+                        .initiated()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+                });
+            }
+            let next = (
+                page.next_key_marker().map(str::to_string),
+                page.next_upload_id_marker().map(str::to_string),
+            );
+            if page.is_truncated() != Some(true) || (next.0.is_none() && next.1.is_none()) {
+                break;
+            }
+            if next == (key_marker.clone(), id_marker.clone()) {
+                break; // a server that does not advance: stop rather than loop
+            }
+            (key_marker, id_marker) = next;
+        }
+        Ok(out)
+    }
+
+    async fn discard_unfinished(&self, u: &Unfinished) -> Result<()> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&u.key)
+            .upload_id(&u.id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(()),
+            Err(e) => Err(anyhow!(
+                "cannot abort the multipart upload {} of {} in {}: {}",
+                u.id,
+                u.key,
                 self.where_,
                 describe_error(&e)
             )),

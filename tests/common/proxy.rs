@@ -1,17 +1,20 @@
-//! A loopback TCP proxy that slows the client-to-server direction down to a set
-//! rate: it makes an upload last long enough to interrupt it at a chosen moment
-//! (signals, killing pg_dump) without touching the code under test. It forwards bytes
-//! unchanged, so the real S3 server sees real requests.
+//! The fault proxy (`src/bin/faultproxy.rs`, the same tool `scripts/soak.sh` uses)
+//! started as a child process: a loopback proxy in front of a real server that slows
+//! uploads down, answers S3 requests with errors, resets connections mid-body, stops
+//! accepting connections, or (with `--tcp`) forwards PostgreSQL or Pushgateway traffic
+//! until it is killed. Real servers see real requests; nothing in the code under test
+//! is replaced.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 pub struct Proxy {
     pub port: u16,
-    stop: Arc<AtomicBool>,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Proxy {
@@ -19,66 +22,86 @@ impl Proxy {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// One line per request (HTTP) or connection (TCP): `MS CONN what`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines of the log that contain `needle`, as (milliseconds since start, line).
+    pub fn events(&self, needle: &str) -> Vec<(u64, String)> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| Some((l.split(' ').next()?.parse().ok()?, l.to_string())))
+            .collect()
+    }
+
+    /// Kill the proxy now: every connection through it is cut.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.kill();
     }
 }
 
-/// Start a proxy to `upstream` (host:port) that lets at most `bytes_per_sec` through
-/// from client to server.
-pub fn throttle(upstream: &str, bytes_per_sec: u64) -> Proxy {
-    let upstream = upstream.to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let listener = super::rt()
-        .block_on(TcpListener::bind("127.0.0.1:0"))
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_faultproxy")
+}
+
+/// Start the fault proxy to `upstream` (host:port) with extra arguments (`--fault`,
+/// `--tcp`, `--throttle`, `--latency-ms`, `--seed`).
+pub fn start(upstream: &str, args: &[&str]) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("proxy.log");
+    let mut child = Command::new(bin())
+        .args(["--upstream", upstream])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("faultproxy starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    super::rt().spawn(async move {
-        loop {
-            let Ok(Ok((client, _))) =
-                tokio::time::timeout(Duration::from_millis(200), listener.accept()).await
-            else {
-                if stop2.load(Ordering::Relaxed) {
-                    return;
-                }
-                continue;
-            };
-            let upstream = upstream.clone();
-            let stop3 = stop2.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if stop3.load(Ordering::Relaxed) || sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        let secs = n as f64 / bytes_per_sec as f64;
-                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                    }
-                    let _ = sw.shutdown().await;
-                };
-                let down = async {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                    let _ = cw.shutdown().await;
-                };
-                tokio::join!(up, down);
-            });
-        }
-    });
-    Proxy { port, stop }
+    let port = first
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "faultproxy did not start: {first:?} {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    std::thread::sleep(Duration::from_millis(20));
+    Proxy {
+        port,
+        child: Some(child),
+        log,
+        _dir: dir,
+    }
+}
+
+/// A proxy to `upstream` (host:port) that lets at most `bytes_per_sec` through from
+/// client to server: it makes an upload last long enough to interrupt it.
+pub fn throttle(upstream: &str, bytes_per_sec: u64) -> Proxy {
+    start(upstream, &["--throttle", &bytes_per_sec.to_string()])
 }
 
 /// host:port of an http URL.
