@@ -162,8 +162,8 @@ median() {
 label() {
     case $1 in
     floor) echo '(1) `pg_dump -Fc -Z0 > /dev/null` (the floor)' ;;
-    shell) echo '(2) `pg_dump -Fc -Z0 | gzip -6 | aws s3 cp -`' ;;
-    pigz) echo '(3) `pg_dump -Fc -Z0 | pigz -6 > file`' ;;
+    shell) echo '(2) `pg_dump -Fc -Z0 \| gzip -6 \| aws s3 cp -`' ;;
+    pigz) echo '(3) `pg_dump -Fc -Z0 \| pigz -6 > file`' ;;
     runner_gzip) echo '(4) `leaflock-backup run` gzip:6 to S3' ;;
     runner_zstd) echo '(5) `leaflock-backup run` zstd:3 to S3' ;;
     esac
