@@ -53,8 +53,8 @@ done
 if ! [[ $SIZE_MB =~ ^[0-9]+$ ]] || ((SIZE_MB == 0)); then die "--size-mb must be a positive whole number"; fi
 if ! [[ $ROUNDS =~ ^[0-9]+$ ]] || ((ROUNDS == 0)); then die "--rounds must be a positive whole number"; fi
 
-"$SCRIPT_DIR/testbed.sh" install
-"$SCRIPT_DIR/testbed.sh" start
+"$SCRIPT_DIR/testbed.sh" install >&2
+"$SCRIPT_DIR/testbed.sh" start >&2
 TESTBED=${LEAFLOCK_TESTBED_DIR:-/tmp/leaflock-testbed}
 # shellcheck disable=SC1091
 . "$TESTBED/env"
@@ -95,20 +95,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The runner, with an environment holding only its settings.
+# The runner, with an environment holding only its settings (the password in the
+# URL stays in its environment, never on a command line).
 RUNNER=$WORK/runner.sh
+# shellcheck disable=SC2016 # what is quoted expands in the generated script
 {
     echo '#!/usr/bin/env bash'
-    printf 'exec env -i PATH=%q HOME=%q' "$PG_BIN:/usr/bin:/bin" "$WORK"
-    printf ' %q' "LEAFLOCK_BACKUP_DATABASE_URL=$DB_URL" "PGPASSWORD=$PGPASSWORD" \
+    echo 'for v in $(compgen -e); do case $v in LEAFLOCK_* | PG* | AWS_* | BACKUP_* | DATABASE_URL) unset "$v" ;; esac; done'
+    printf 'export %q\n' "PATH=$PG_BIN:$PATH" \
+        "LEAFLOCK_BACKUP_DATABASE_URL=${ADMIN_URL%/*}/$DB" \
         "LEAFLOCK_BACKUP_S3_BUCKET=$S3_URL" \
         "LEAFLOCK_BACKUP_S3_ENDPOINT=$LEAFLOCK_TEST_S3_ENDPOINT" \
         "LEAFLOCK_BACKUP_S3_ACCESS_KEY=$AWS_ACCESS_KEY_ID" \
         "LEAFLOCK_BACKUP_S3_SECRET_KEY=$AWS_SECRET_ACCESS_KEY" \
         "LEAFLOCK_BACKUP_S3_REGION=$AWS_DEFAULT_REGION" \
-        LEAFLOCK_BACKUP_LOG_FORMAT=json LEAFLOCK_BACKUP_LOG_LEVEL=debug "$BIN"
-    # shellcheck disable=SC2016 # $1 is the generated script's argument
-    echo ' run --no-progress --compression "$1"'
+        LEAFLOCK_BACKUP_LOG_FORMAT=json LEAFLOCK_BACKUP_LOG_LEVEL=leaflock_backup=debug,info
+    printf 'exec %q run --no-progress --compression "$1"\n' "$BIN"
 } >"$RUNNER"
 chmod 700 "$RUNNER"
 
@@ -160,8 +162,8 @@ median() {
 label() {
     case $1 in
     floor) echo '(1) `pg_dump -Fc -Z0 > /dev/null` (the floor)' ;;
-    shell) echo '(2) `pg_dump -Fc -Z0 | gzip -6 | aws s3 cp -`' ;;
-    pigz) echo '(3) `pg_dump -Fc -Z0 | pigz -6 > file`' ;;
+    shell) echo '(2) `pg_dump -Fc -Z0 \| gzip -6 \| aws s3 cp -`' ;;
+    pigz) echo '(3) `pg_dump -Fc -Z0 \| pigz -6 > file`' ;;
     runner_gzip) echo '(4) `leaflock-backup run` gzip:6 to S3' ;;
     runner_zstd) echo '(5) `leaflock-backup run` zstd:3 to S3' ;;
     esac

@@ -117,7 +117,7 @@ pub struct StreamStats {
 /// Stream `source` through compression into `writer`, compressing on every core.
 /// Does not finish or abort the writer: the caller decides, after checking pg_dump's
 /// exit status.
-#[allow(dead_code)] // the read-side commands and tests use the default thread count
+#[allow(dead_code)] // `run` passes its configured thread count to `stream_with_threads`
 pub async fn stream<R>(
     source: R,
     compression: Compression,
