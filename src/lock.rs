@@ -4,7 +4,8 @@
 //! The lock lives where the data lives, so it works across hosts, pods and timers
 //! without shared files, and it is released by the server when the holder's
 //! connection ends — even after SIGKILL. The holder's connection carries
-//! `application_name = "leaflock-backup <run id> since <start>"`, which a second run
+//! `application_name = "leaflock-backup <run id>"` (the run id starts with the run's
+//! start time), which a second run
 //! reads from `pg_stat_activity` to name it in its exit-3 message.
 
 use crate::conninfo::ConnInfo;
@@ -34,10 +35,8 @@ pub struct RunLock {
 /// Take the lock for `conn`'s database or fail with [`LockHeld`] (exit 3) naming the
 /// holder.
 pub async fn acquire(conn: &ConnInfo, timeout: Duration, run_id: &str) -> Result<RunLock> {
-    let label = format!(
-        "leaflock-backup {run_id} since {}",
-        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-    );
+    // The run id begins with the run's start time; PostgreSQL keeps 63 bytes of it.
+    let label = format!("leaflock-backup {run_id}");
     let client = database::connect_as(conn, timeout, &label).await?;
     // The lock lives as long as this idle session: an idle_session_timeout (PostgreSQL
     // 14+) set for the role must not end it mid-run. Older servers lack the setting.

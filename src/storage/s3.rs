@@ -272,25 +272,29 @@ impl Storage for S3Storage {
             .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
             .set_object_lock_mode(self.protect.lock().0)
             .set_object_lock_retain_until_date(self.protect.lock().1)
-            .body(ByteStream::from(data));
+            .body(ByteStream::from(data.clone()));
         if !replace {
             req = req.if_none_match("*");
         }
-        req.send().await.map_err(|e| {
-            if e.raw_response().map(|r| r.status().as_u16()) == Some(412) {
-                anyhow!(
-                    "{key} already exists in {}; not overwriting it",
-                    self.where_
-                )
-            } else {
-                anyhow!(
-                    "cannot write {key} to {}: {}",
-                    self.where_,
-                    describe_error(&e)
-                )
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
+                // A retried PUT whose first attempt succeeded but whose answer was lost
+                // also meets its own object: identical content is success.
+                match self.get_small(key).await {
+                    Ok(existing) if existing == data => Ok(()),
+                    _ => Err(anyhow!(
+                        "{key} already exists in {}; not overwriting it",
+                        self.where_
+                    )),
+                }
             }
-        })?;
-        Ok(())
+            Err(e) => Err(anyhow!(
+                "cannot write {key} to {}: {}",
+                self.where_,
+                describe_error(&e)
+            )),
+        }
     }
 
     async fn open_read(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
