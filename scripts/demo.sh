@@ -41,4 +41,4 @@ AWS_ACCESS_KEY_ID="$LEAFLOCK_TEST_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$LEAFLOC
 echo
 echo "== What the Pushgateway now shows ($LEAFLOCK_TEST_PUSHGATEWAY_URL/metrics)"
 curl -fsS "$LEAFLOCK_TEST_PUSHGATEWAY_URL/metrics" | grep -E '^leaflock_' | grep 'database="leaflock_demo"' \
-  | grep -v '_bucket{' | sed -E 's/\{[^}]*status="([a-z]+)"[^}]*\}/{status="\1"}/; s/\{[^}]*\}//'
+  | grep -v '_bucket{' | sed -E '/status=/!s/\{[^}]*\}//; s/\{[^}]*(status="[a-z]+")[^}]*\}/{\1}/'
