@@ -342,9 +342,9 @@ fn list_shows_backups_and_debris_newest_first() {
         "newest first (the debris is named 2020): {kinds:?}"
     );
     // The stranger has no time in its name: it sorts by its modification time (now).
-    let times: Vec<&str> = entries
+    let times: Vec<chrono::DateTime<chrono::Utc>> = entries
         .iter()
-        .map(|e| e["time"].as_str().unwrap())
+        .map(|e| e["time"].as_str().unwrap().parse().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
 
