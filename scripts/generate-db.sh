@@ -6,7 +6,7 @@
 #   scripts/generate-db.sh --url URL --database NAME --size-mb N [--psql PATH]
 #
 #   --url URL        connection URL of any existing database on the server,
-#                    e.g. postgresql://postgres:secret@127.0.0.1:54315/postgres
+#                    e.g. postgresql://postgres:secret@127.0.0.1:25415/postgres
 #                    (the role needs to create databases and extensions)
 #   --database NAME  database to (re)create: dropped first if it exists
 #   --size-mb N      wanted size in MiB, as pg_database_size() reports it

@@ -20,12 +20,14 @@
 #   env      Print $TESTBED/env (export NAME=value lines).
 #
 # Services and default ports (each overridable by an environment variable):
-#   PostgreSQL 15     LEAFLOCK_TEST_PG15_PORT         54315
-#   PostgreSQL 18     LEAFLOCK_TEST_PG18_PORT         54318
-#   Pushgateway       LEAFLOCK_TEST_PUSHGATEWAY_PORT  59091  (admin API on, no persistence)
-#   S3 (SeaweedFS)    LEAFLOCK_TEST_S3_PORT           58333  (its internal master, volume,
+#   PostgreSQL 15     LEAFLOCK_TEST_PG15_PORT         25415
+#   PostgreSQL 18     LEAFLOCK_TEST_PG18_PORT         25418
+#   Pushgateway       LEAFLOCK_TEST_PUSHGATEWAY_PORT  29091  (admin API on, no persistence)
+#   S3 (SeaweedFS)    LEAFLOCK_TEST_S3_PORT           28333  (its internal master, volume,
 #                     filer, admin and gRPC ports use the nine ports above it,
 #                     and its admin HTTP port is S3_PORT - 9992)
+# All defaults lie below 32768, outside Linux's ephemeral port range, so an outgoing
+# connection can never be holding one of them when a server starts.
 #
 # State lives in TESTBED=${LEAFLOCK_TESTBED_DIR:-/tmp/leaflock-testbed}
 # (data, logs/, run/, generated passwords and keys, env). It must be
@@ -64,12 +66,12 @@ PYTHON=${LEAFLOCK_TESTBED_PYTHON:-/usr/bin/python3}
 PG15_BIN=${LEAFLOCK_TEST_PG15_BIN:-/usr/lib/postgresql/15/bin}
 PG18_DIR=$TESTBED/pg18
 PG18_BIN=$PG18_DIR/bin
-PG15_PORT=${LEAFLOCK_TEST_PG15_PORT:-54315}
-PG18_PORT=${LEAFLOCK_TEST_PG18_PORT:-54318}
+PG15_PORT=${LEAFLOCK_TEST_PG15_PORT:-25415}
+PG18_PORT=${LEAFLOCK_TEST_PG18_PORT:-25418}
 
-PUSHGATEWAY_PORT=${LEAFLOCK_TEST_PUSHGATEWAY_PORT:-59091}
+PUSHGATEWAY_PORT=${LEAFLOCK_TEST_PUSHGATEWAY_PORT:-29091}
 
-S3_PORT=${LEAFLOCK_TEST_S3_PORT:-58333}
+S3_PORT=${LEAFLOCK_TEST_S3_PORT:-28333}
 S3_BUCKET=leaflock-test
 S3_REGION=us-east-1
 # SeaweedFS derives unset gRPC ports as HTTP port + 10000, which collides with
