@@ -113,20 +113,22 @@ for i in $(seq "$runs"); do
     uploads=$(open_uploads)
     debris=$(($(count_kind no_manifest) + $(count_kind partial) + $(count_kind manifest_without_object)))
     drill=$(bk list --json 2>/dev/null | jq -r '[.[] | select(.kind == "backup")][0].drill.passed // "none"')
+    why=$(jq -Rr 'fromjson? | select(.exit_code != null) | .msg' "$work/run-$i.log" 2>/dev/null | tail -1 | cut -c1-160 || true)
     verdict=
     case $code in
     0) if ((after == before + 1)) && [[ $drill == true ]]; then ok=$((ok + 1)); verdict=backup
        else bad=$((bad + 1)); verdict="BAD: exit 0 but backups $before -> $after, drill $drill"; fi ;;
     1) if ((after == before)); then failed=$((failed + 1)); verdict="nothing left"
-       elif ((after == before + 1)) && [[ $drill == false ]]; then
-           failed=$((failed + 1)); drill_failed=$((drill_failed + 1)); verdict="kept, drill failed"
-       else bad=$((bad + 1)); verdict="BAD: exit 1 but backups $before -> $after"; fi ;;
+       # Kept but not verified: the drill failed, or passed but its record could not be
+       # written (then no record exists, and the run says so in a `drill:` error).
+       elif ((after == before + 1)) && { [[ $drill == false ]] || [[ $drill == none && $why == drill:* ]]; }; then
+           failed=$((failed + 1)); drill_failed=$((drill_failed + 1)); verdict="kept, drill $drill"
+       else bad=$((bad + 1)); verdict="BAD: exit 1 but backups $before -> $after, drill $drill"; fi ;;
     *) bad=$((bad + 1)); verdict="BAD: exit $code" ;;
     esac
     if ((uploads != 0 || debris != 0)); then
         bad=$((bad + 1)); verdict="$verdict; BAD: $uploads open upload(s), $debris debris"
     fi
-    why=$(jq -Rr 'fromjson? | select(.exit_code != null) | .msg' "$work/run-$i.log" 2>/dev/null | tail -1 | cut -c1-160 || true)
     log "run $i/$runs: exit $code, ${rss[-1]} KiB peak RSS: $verdict${why:+ ($why)}"
     if [[ $verdict == BAD* || $verdict == *BAD:* ]]; then cp "$work/run-$i.log" "/tmp/$tag-run-$i.log"; fi
     sleep 1 # keys have one-second resolution
@@ -160,7 +162,7 @@ requests=$(grep -c -- ' -> ' "$work/proxy.log" || true)
 final_uploads=$(open_uploads)
 final_debris=$(($(count_kind no_manifest) + $(count_kind partial) + $(count_kind manifest_without_object)))
 ((final_uploads == 0)) || bad=$((bad + 1))
-log "$runs runs in ${seconds}s: $ok verified backups, $failed failures ($drill_failed kept with a failed drill), $bad violations"
+log "$runs runs in ${seconds}s: $ok verified backups, $failed failures ($drill_failed kept but not verified: drill failed or not on record), $bad violations"
 log "S3 requests through the proxy: $requests, faults injected: $faults"
 log "pushed: success $p_ok, failure $p_failed; peak RSS KiB first/last/max: $first/$last/$max"
 jq -nc --argjson runs "$runs" --argjson ok "$ok" --argjson failed "$failed" \

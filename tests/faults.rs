@@ -146,6 +146,44 @@ fn transient_s3_faults_are_retried_with_backoff_and_the_backup_verifies() {
 }
 
 #[test]
+fn a_drill_record_that_cannot_be_written_fails_the_run_and_keeps_the_backup() {
+    let name = unique("drillrecord");
+    let url = leaflock_db(Pg::V15, &name, 6);
+    let prefix = unique("drillrecord");
+    // The backup and its drill go through; every write of the drill record fails.
+    let proxy = proxy::start(
+        &s3_upstream(),
+        &["--fault", "status=500,method=PUT,match=.drill.json"],
+    );
+    let mut cmd = run_via(&url, &prefix, &name, &proxy);
+    cmd.env("LEAFLOCK_BACKUP_S3_MAX_ATTEMPTS", "2")
+        .arg("--restore-drill");
+    let r = run(cmd);
+    // A drill that passed but is on record nowhere is not a verified backup: exit 1,
+    // and both the backup and the drill are pushed as failures.
+    r.expect_code(1);
+    let msg = final_error(&r);
+    assert!(msg.contains("drill: "), "{msg}");
+    assert!(msg.contains("could not write the drill record"), "{msg}");
+    assert!(proxy.log().matches("-> 500 InternalError").count() >= 2);
+    // The backup itself is whole and kept; no drill record claims anything.
+    assert!(assert_backup_or_nothing(&prefix));
+    let (_, objects) = stored(&prefix);
+    assert!(
+        !objects.iter().any(|k| k.ends_with(".drill.json")),
+        "{objects:?}"
+    );
+    let m = pushed_metrics(&name);
+    assert_eq!(m.get(FAILURE), Some(&1.0), "{m:?}");
+    assert_eq!(
+        m.get("leaflock_restore_drills_total{status=\"failure\"}"),
+        Some(&1.0),
+        "{m:?}"
+    );
+    drop_db(Pg::V15, &name);
+}
+
+#[test]
 fn persistent_s3_faults_exit_1_leave_nothing_and_push_failure() {
     let name = unique("s3persist");
     let url = leaflock_db(Pg::V15, &name, 8);

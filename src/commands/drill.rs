@@ -35,8 +35,8 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
             entry.key
         );
     };
-    let rec = drill::drill(storage.as_ref(), manifest, &opts, &run_id, &cancel).await;
-    record_drill(storage.as_ref(), &rec).await;
+    let mut rec = drill::drill(storage.as_ref(), manifest, &opts, &run_id, &cancel).await;
+    record_drill(storage.as_ref(), &mut rec).await;
     if let Some(m) = &metrics {
         let label = m
             .database_label

@@ -94,7 +94,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
 
     let drill = match (&result, &cfg.drill) {
         (Ok(summary), Some(opts)) => {
-            let rec = drill::drill(
+            let mut rec = drill::drill(
                 summary.storage.as_ref(),
                 &summary.manifest,
                 opts,
@@ -102,7 +102,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
                 cancel,
             )
             .await;
-            record_drill(summary.storage.as_ref(), &rec).await;
+            record_drill(summary.storage.as_ref(), &mut rec).await;
             Some(rec)
         }
         _ => None,
@@ -157,7 +157,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
     result?;
     match drill {
         Some(d) if !d.passed => Err(anyhow!(
-            "drill: restore drill failed (the backup is kept, marked drill-failed): {}",
+            "drill: restore drill failed (the backup is kept; it does not count as verified): {}",
             d.failures.join("; ")
         )),
         _ => Ok(()),
@@ -190,16 +190,18 @@ fn log_summary(summary: &Summary, duration: f64) {
     );
 }
 
-/// Write the drill record beside the manifest and log the outcome.
-pub async fn record_drill(storage: &dyn Storage, rec: &DrillRecord) {
+/// Write the drill record beside the manifest and log the outcome. A drill whose
+/// record cannot be written is not on record as verified (`list` and retention cannot
+/// see it), so it counts as failed: the run says so instead of claiming a verified
+/// backup that nothing shows.
+pub async fn record_drill(storage: &dyn Storage, rec: &mut DrillRecord) {
     let key = manifest::drill_key(&rec.object_key);
-    let json = serde_json::to_vec_pretty(rec).expect("drill record serialises");
+    let json = serde_json::to_vec_pretty(&*rec).expect("drill record serialises");
     if let Err(e) = storage.put_small(&key, Bytes::from(json), true).await {
-        tracing::error!(
-            key,
-            error = format!("{e:#}"),
-            "could not write the drill record"
-        );
+        let why = format!("could not write the drill record {key}: {e:#}");
+        tracing::error!(key, error = format!("{e:#}"), "{why}");
+        rec.passed = false;
+        rec.failures.push(why);
     }
     if rec.passed {
         tracing::info!(
