@@ -205,8 +205,8 @@ pub struct DrillArgs {
     #[arg(long, env = "LEAFLOCK_BACKUP_KEEP_DRILL_DATABASE")]
     pub keep_drill_database: bool,
 
-    /// pg_restore to use. Default: the first one of the archive's major version or newer
-    /// found in PATH, then /usr/lib/postgresql/*/bin.
+    /// pg_restore to use. Default: among those in PATH and /usr/lib/postgresql/*/bin, the
+    /// lowest major version that can read the archive.
     #[arg(long, env = "LEAFLOCK_BACKUP_PG_RESTORE", value_name = "PATH")]
     pub pg_restore: Option<PathBuf>,
 }
@@ -389,8 +389,9 @@ pub struct DatabaseArgs {
     )]
     pub database_url: Option<String>,
 
-    /// pg_dump to use. Default: the first one of the server's major version or newer found in
-    /// PATH, then /usr/lib/postgresql/*/bin (newest first).
+    /// pg_dump to use. Default: among those in PATH and /usr/lib/postgresql/*/bin, the
+    /// lowest major version that is the server's or newer (so the server's own pg_restore
+    /// can read the archive).
     #[arg(long, env = "LEAFLOCK_BACKUP_PG_DUMP", value_name = "PATH")]
     pub pg_dump: Option<PathBuf>,
 
