@@ -14,15 +14,14 @@ use crate::conninfo::ConnInfo;
 use crate::crypto::Keys;
 use crate::database::{self, quote_ident};
 use crate::manifest::Manifest;
-use crate::pgtool::{self, ToolProcess};
+use crate::pgtool;
 use crate::readback;
 use crate::signals::Cancel;
 use crate::storage::Storage;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
@@ -202,55 +201,8 @@ async fn restore(
     let mut cmd = Command::new(&tool.path);
     cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
         .arg(format!("--dbname={}", target.url_without_password()))
-        .envs(target.libpq_env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", tool.path.display()))?;
-    let stdin = child.stdin.take().expect("piped stdin");
-    let proc = ToolProcess::watch("pg_restore", child);
-    let report = readback::read_back(
-        storage,
-        &manifest.object_key,
-        decode,
-        stdin,
-        Some((&manifest.sha256, manifest.stored_bytes)),
-    )
-    .await;
-    let (report, held) = match report {
-        Ok(r) => r,
-        Err(e) => {
-            proc.stop().await;
-            return Err(e);
-        }
-    };
-    let integrity = check_integrity(manifest, &report);
-    readback::settle(report, held, proc, integrity).await
-}
-
-/// The stored object against its manifest: size and sha256.
-pub fn check_integrity(manifest: &Manifest, report: &readback::ReadReport) -> Result<()> {
-    if report.sha256 != manifest.sha256 || report.stored_bytes != manifest.stored_bytes {
-        return Err(anyhow!(
-            "sha256 mismatch: the manifest records {} ({} bytes) but the stored object hashes to {} \
-             ({} bytes); the object is corrupt or was replaced",
-            manifest.sha256,
-            manifest.stored_bytes,
-            report.sha256,
-            report.stored_bytes
-        ));
-    }
-    if report.consumer_error.is_none() && report.archive_bytes != manifest.uncompressed_bytes {
-        return Err(anyhow!(
-            "the object decompresses to {} bytes but the manifest records {}",
-            report.archive_bytes,
-            manifest.uncompressed_bytes
-        ));
-    }
+        .envs(target.libpq_env());
+    readback::feed_tool(storage, manifest, decode, "pg_restore", cmd).await?;
     Ok(())
 }
 

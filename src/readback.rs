@@ -15,7 +15,9 @@ use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::io::Read;
+use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 
 const CHUNK: usize = 1 << 20;
@@ -267,4 +269,91 @@ pub async fn settle<W>(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The stored object against its manifest: size and sha256 (and, when decoding went to
+/// the end, the archive's size).
+pub fn check_integrity(manifest: &Manifest, report: &ReadReport) -> Result<()> {
+    if report.sha256 != manifest.sha256 || report.stored_bytes != manifest.stored_bytes {
+        return Err(anyhow!(
+            "sha256 mismatch: the manifest records {} ({} bytes) but the stored object hashes to {} \
+             ({} bytes); the object is corrupt or was replaced",
+            manifest.sha256,
+            manifest.stored_bytes,
+            report.sha256,
+            report.stored_bytes
+        ));
+    }
+    if report.consumer_error.is_none() && report.archive_bytes != manifest.uncompressed_bytes {
+        return Err(anyhow!(
+            "the object decompresses to {} bytes but the manifest records {}",
+            report.archive_bytes,
+            manifest.uncompressed_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// What a tool fed with a backup was given, once it exited successfully.
+#[derive(Debug)]
+pub struct Fed {
+    pub stored_bytes: u64,
+    pub archive_bytes: u64,
+    pub sha256: String,
+    /// Whether the archive began like a pg_dump custom-format archive.
+    pub custom_format: bool,
+}
+
+/// Stream the backup `manifest` describes into the stdin of `cmd`, a PostgreSQL tool
+/// (`name` in messages) that acts on end of input: pg_restore into a database, or
+/// reading to /dev/null. Its stdin is closed only after the object hashed to the
+/// manifest's sha256 and size and decoded to its end; otherwise the tool is stopped
+/// first, so a `--single-transaction` restore commits nothing. The tool's stderr is
+/// logged; its stdout is discarded.
+pub async fn feed_tool(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    decode: Decode,
+    name: &'static str,
+    mut cmd: Command,
+) -> Result<Fed> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {}",
+                cmd.as_std().get_program().to_string_lossy()
+            )
+        })?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let proc = ToolProcess::watch(name, child);
+    let report = read_back(
+        storage,
+        &manifest.object_key,
+        decode,
+        stdin,
+        Some((&manifest.sha256, manifest.stored_bytes)),
+    )
+    .await;
+    let (report, held) = match report {
+        Ok(r) => r,
+        Err(e) => {
+            proc.stop().await;
+            return Err(e);
+        }
+    };
+    let fed = Fed {
+        stored_bytes: report.stored_bytes,
+        archive_bytes: report.archive_bytes,
+        sha256: report.sha256.clone(),
+        custom_format: report.custom_format,
+    };
+    let integrity = check_integrity(manifest, &report);
+    settle(report, held, proc, integrity).await?;
+    Ok(fed)
 }

@@ -13,7 +13,6 @@ use crate::cli::RestoreArgs;
 use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
 use crate::conninfo::ConnInfo;
 use crate::database;
-use crate::drill::check_integrity;
 use crate::error::{usage, UsageError};
 use crate::manifest::Manifest;
 use crate::pgtool::{self, PgTool, ToolProcess};
@@ -210,31 +209,11 @@ async fn stream_restore(
     args: &RestoreArgs,
 ) -> Result<()> {
     let mut cmd = pg_restore_cmd(tool, target, args);
-    cmd.arg("--single-transaction").stdin(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", tool.path.display()))?;
-    let stdin = child.stdin.take().expect("piped stdin");
-    let proc = ToolProcess::watch("pg_restore", child);
-    let report = readback::read_back(
-        storage,
-        &manifest.object_key,
-        decode,
-        stdin,
-        Some((&manifest.sha256, manifest.stored_bytes)),
-    )
-    .await;
-    let (report, held) = match report {
-        Ok(r) => r,
-        Err(e) => {
-            proc.stop().await;
-            return Err(e);
-        }
-    };
-    let integrity = check_integrity(manifest, &report);
-    readback::settle(report, held, proc, integrity)
+    cmd.arg("--single-transaction");
+    readback::feed_tool(storage, manifest, decode, "pg_restore", cmd)
         .await
-        .context("nothing was restored (pg_restore ran in a single transaction)")
+        .context("nothing was restored (pg_restore ran in a single transaction)")?;
+    Ok(())
 }
 
 async fn spooled_restore(
@@ -264,7 +243,7 @@ async fn spooled_restore(
         Some((&manifest.sha256, manifest.stored_bytes)),
     )
     .await?;
-    check_integrity(manifest, &report)?;
+    readback::check_integrity(manifest, &report)?;
     if let Some(e) = report.consumer_error {
         return Err(e.context("cannot spool the archive"));
     }

@@ -6,11 +6,9 @@
 use crate::catalog::{self, Kind};
 use crate::cli::VerifyArgs;
 use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
-use crate::drill::check_integrity;
-use crate::pgtool::{self, ToolProcess};
+use crate::pgtool;
 use crate::{readback, storage};
 use anyhow::{anyhow, bail, Context, Result};
-use std::process::Stdio;
 use tokio::process::Command;
 
 pub async fn execute(args: &VerifyArgs) -> Result<()> {
@@ -36,35 +34,17 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     let tool = pgtool::select("pg_restore", explicit.as_deref(), major)?;
     tracing::info!(key = %entry.key, pg_restore = %tool.path.display(), "verifying");
 
-    let mut child = Command::new(&tool.path)
-        .args(["--file=/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", tool.path.display()))?;
-    let stdin = child.stdin.take().expect("piped stdin");
-    let proc = ToolProcess::watch("pg_restore", child);
-    let (report, held) = readback::read_back(
-        storage.as_ref(),
-        &manifest.object_key,
-        decode,
-        stdin,
-        Some((&manifest.sha256, manifest.stored_bytes)),
-    )
-    .await?;
-    let (stored_bytes, archive_bytes, sha256) = (
-        report.stored_bytes,
-        report.archive_bytes,
-        report.sha256.clone(),
-    );
-    let custom_format = report.custom_format;
-    let integrity = check_integrity(manifest, &report);
-    readback::settle(report, held, proc, integrity)
+    let mut cmd = Command::new(&tool.path);
+    cmd.arg("--file=/dev/null");
+    let fed = readback::feed_tool(storage.as_ref(), manifest, decode, "pg_restore", cmd)
         .await
         .with_context(|| format!("{} is NOT intact", entry.key))?;
+    let (stored_bytes, archive_bytes, sha256, custom_format) = (
+        fed.stored_bytes,
+        fed.archive_bytes,
+        fed.sha256,
+        fed.custom_format,
+    );
     if !custom_format {
         return Err(anyhow!(
             "{} is NOT intact: it does not decompress to a pg_dump custom-format archive",
