@@ -737,6 +737,29 @@ fn cronjob_pods_are_locked_down_and_bounded() {
     // The variables the ConfigMap sets are ones the binary reads.
     let reads = variables_the_binary_reads();
     let cm = yaml("k8s/base/configmap.yaml");
+
+    // The memory limit holds what the ConfigMap's settings need (measured: about
+    // 50 MiB + 4 MiB per compressing thread + the S3 writer's parts), with the threads
+    // set explicitly: by default they follow the node's cores, which a pod without a
+    // CPU limit does not bound.
+    let mib = |k: &str| -> i64 {
+        let v = s(&cm, &format!("data.{k}"));
+        v.trim_end_matches("MiB")
+            .parse()
+            .unwrap_or_else(|_| panic!("{k}={v} in MiB"))
+    };
+    let count = |k: &str| -> i64 {
+        let v = s(&cm, &format!("data.{k}"));
+        v.parse().unwrap_or_else(|_| panic!("{k}={v}"))
+    };
+    let threads = count("LEAFLOCK_BACKUP_COMPRESS_THREADS");
+    let need = 50
+        + 4 * threads
+        + mib("LEAFLOCK_BACKUP_PART_SIZE") * (count("LEAFLOCK_BACKUP_PARTS_IN_FLIGHT") + 1);
+    assert!(
+        (1..=8).contains(&threads) && need <= 256,
+        "{need} MiB needed with {threads} threads, the limit is 256Mi"
+    );
     for k in at(&cm, "data").as_mapping().unwrap().keys() {
         let k = k.as_str().unwrap();
         assert!(
