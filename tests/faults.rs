@@ -275,9 +275,23 @@ fn s3_that_stops_accepting_connections_leaves_an_upload_the_next_run_aborts() {
 // The runner killed
 // ---------------------------------------------------------------------------------
 
-/// Delays (ms after start) at which the runner is signalled: deterministic "random"
-/// points from the first connection to the last part.
+/// Delays (ms after start) at which the runner is signalled: fixed points from the
+/// first connection to the last part, then three drawn at random from a seed that is
+/// printed (`LEAFLOCK_TEST_SEED=N` replays them).
 const KILL_POINTS_MS: [u64; 5] = [250, 700, 1300, 2200, 3500];
+
+fn kill_points() -> Vec<u64> {
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("LEAFLOCK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut points = KILL_POINTS_MS.to_vec();
+    points.extend((0..3).map(|_| rng.random_range(100..4000)));
+    eprintln!("kill points {points:?} ms (LEAFLOCK_TEST_SEED={seed} replays them)");
+    points
+}
 
 fn slow_spawn(url: &str, prefix: &str, group: &str, proxy: &proxy::Proxy) -> std::process::Child {
     let mut cmd = run_via(url, prefix, group, proxy);
@@ -292,22 +306,22 @@ fn sigterm_at_any_point_leaves_a_verified_backup_or_nothing() {
     let name = unique("sigterm_pts");
     let url = leaflock_db(Pg::V15, &name, 20);
     let proxy = proxy::throttle(&s3_upstream(), 3_000_000);
-    for (i, at) in KILL_POINTS_MS.iter().enumerate() {
+    for at in kill_points() {
         let prefix = unique("sigterm_pts");
         let group = unique("sigterm_pts_group");
         let child = slow_spawn(&url, &prefix, &group, &proxy);
-        std::thread::sleep(Duration::from_millis(*at));
+        std::thread::sleep(Duration::from_millis(at));
         kill(child.id(), libc::SIGTERM);
         let r = RunResult::from_output(child.wait_with_output().unwrap());
         let made = assert_backup_or_nothing(&prefix);
         match r.code {
-            0 => assert!(made, "point {i}: exit 0 without a backup"),
+            0 => assert!(made, "SIGTERM at {at} ms: exit 0 without a backup"),
             1 => {
-                assert!(!made, "point {i}: exit 1 but a backup exists");
+                assert!(!made, "SIGTERM at {at} ms: exit 1 but a backup exists");
                 assert!(r.stderr.contains("SIGTERM"), "{}", r.stderr);
-                assert_eq!(pushed(&group), (0.0, 1.0), "point {i}");
+                assert_eq!(pushed(&group), (0.0, 1.0), "SIGTERM at {at} ms");
             }
-            c => panic!("point {i}: exit {c}: {}", r.stderr),
+            c => panic!("SIGTERM at {at} ms: exit {c}: {}", r.stderr),
         }
     }
     drop_db(Pg::V15, &name);
@@ -320,7 +334,7 @@ fn after_sigkill_the_next_run_and_prune_remove_the_orphans() {
     let proxy = proxy::throttle(&s3_upstream(), 3_000_000);
     let prefix = unique("sigkill_pts");
     let mut orphans = 0;
-    for at in KILL_POINTS_MS {
+    for at in kill_points() {
         let mut child = slow_spawn(&url, &prefix, &name, &proxy);
         std::thread::sleep(Duration::from_millis(at));
         kill(child.id(), libc::SIGKILL);
