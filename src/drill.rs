@@ -202,7 +202,15 @@ async fn restore(
     cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
         .arg(format!("--dbname={}", target.url_without_password()))
         .envs(target.libpq_env());
-    readback::feed_tool(storage, manifest, decode, "pg_restore", cmd).await?;
+    readback::feed_tool(
+        storage,
+        &manifest.object_key,
+        Some(manifest),
+        decode,
+        "pg_restore",
+        cmd,
+    )
+    .await?;
     Ok(())
 }
 

@@ -304,15 +304,16 @@ pub struct Fed {
     pub custom_format: bool,
 }
 
-/// Stream the backup `manifest` describes into the stdin of `cmd`, a PostgreSQL tool
-/// (`name` in messages) that acts on end of input: pg_restore into a database, or
-/// reading to /dev/null. Its stdin is closed only after the object hashed to the
-/// manifest's sha256 and size and decoded to its end; otherwise the tool is stopped
-/// first, so a `--single-transaction` restore commits nothing. The tool's stderr is
-/// logged; its stdout is discarded.
+/// Stream the object `key` into the stdin of `cmd`, a PostgreSQL tool (`name` in
+/// messages) that acts on end of input: pg_restore into a database or to /dev/null,
+/// psql replaying an old script's SQL. Its stdin is closed only after the object
+/// decoded to its end and, with its `manifest`, hashed to the manifest's sha256 and
+/// size; otherwise the tool is stopped first, so a `--single-transaction` restore
+/// commits nothing. The tool's stderr is logged; its stdout is discarded.
 pub async fn feed_tool(
     storage: &dyn Storage,
-    manifest: &Manifest,
+    key: &str,
+    manifest: Option<&Manifest>,
     decode: Decode,
     name: &'static str,
     mut cmd: Command,
@@ -332,14 +333,8 @@ pub async fn feed_tool(
         })?;
     let stdin = child.stdin.take().expect("piped stdin");
     let proc = ToolProcess::watch(name, child);
-    let report = read_back(
-        storage,
-        &manifest.object_key,
-        decode,
-        stdin,
-        Some((&manifest.sha256, manifest.stored_bytes)),
-    )
-    .await;
+    let expected = manifest.map(|m| (m.sha256.as_str(), m.stored_bytes));
+    let report = read_back(storage, key, decode, stdin, expected).await;
     let (report, held) = match report {
         Ok(r) => r,
         Err(e) => {
@@ -353,7 +348,10 @@ pub async fn feed_tool(
         sha256: report.sha256.clone(),
         custom_format: report.custom_format,
     };
-    let integrity = check_integrity(manifest, &report);
+    let integrity = match manifest {
+        Some(m) => check_integrity(m, &report),
+        None => Ok(()),
+    };
     settle(report, held, proc, integrity).await?;
     Ok(fed)
 }

@@ -210,9 +210,16 @@ async fn stream_restore(
 ) -> Result<()> {
     let mut cmd = pg_restore_cmd(tool, target, args);
     cmd.arg("--single-transaction");
-    readback::feed_tool(storage, manifest, decode, "pg_restore", cmd)
-        .await
-        .context("nothing was restored (pg_restore ran in a single transaction)")?;
+    readback::feed_tool(
+        storage,
+        &manifest.object_key,
+        Some(manifest),
+        decode,
+        "pg_restore",
+        cmd,
+    )
+    .await
+    .context("nothing was restored (pg_restore ran in a single transaction)")?;
     Ok(())
 }
 
@@ -278,36 +285,14 @@ async fn legacy_restore(
         "old script's archive: decrypting (openssl aes-256-cbc), decompressing and replaying its SQL \
          into the target, without its DROP/CREATE DATABASE and \\connect lines"
     );
-    let mut child = Command::new(&psql.path)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
+    let mut cmd = Command::new(&psql.path);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
         .arg(format!("--dbname={}", target.url_without_password()))
         .args(["-f", "-"])
-        .envs(target.libpq_env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", psql.path.display()))?;
-    let stdin = child.stdin.take().expect("piped stdin");
-    let proc = ToolProcess::watch("psql", child);
-    let report = readback::read_back(
-        storage,
-        key,
-        readback::Decode::Legacy { password },
-        stdin,
-        None,
-    )
-    .await;
-    let (report, held) = match report {
-        Ok(r) => r,
-        Err(e) => {
-            proc.stop().await;
-            return Err(e);
-        }
-    };
-    readback::settle(report, held, proc, Ok(()))
+        .envs(target.libpq_env());
+    let decode = readback::Decode::Legacy { password };
+    readback::feed_tool(storage, key, None, decode, "psql", cmd)
         .await
-        .context("nothing was restored (psql ran in a single transaction)")
+        .context("nothing was restored (psql ran in a single transaction)")?;
+    Ok(())
 }

@@ -36,9 +36,16 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
 
     let mut cmd = Command::new(&tool.path);
     cmd.arg("--file=/dev/null");
-    let fed = readback::feed_tool(storage.as_ref(), manifest, decode, "pg_restore", cmd)
-        .await
-        .with_context(|| format!("{} is NOT intact", entry.key))?;
+    let fed = readback::feed_tool(
+        storage.as_ref(),
+        &manifest.object_key,
+        Some(manifest),
+        decode,
+        "pg_restore",
+        cmd,
+    )
+    .await
+    .with_context(|| format!("{} is NOT intact", entry.key))?;
     let (stored_bytes, archive_bytes, sha256, custom_format) = (
         fed.stored_bytes,
         fed.archive_bytes,
