@@ -113,14 +113,14 @@ for i in $(seq "$runs"); do
     uploads=$(open_uploads)
     debris=$(($(count_kind no_manifest) + $(count_kind partial) + $(count_kind manifest_without_object)))
     drill=$(bk list --json 2>/dev/null | jq -r '[.[] | select(.kind == "backup")][0].drill.passed // "none"')
-    why=$(jq -Rr 'fromjson? | select(.exit_code != null) | .msg' "$work/run-$i.log" 2>/dev/null | tail -1 | cut -c1-160 || true)
+    why=$(jq -Rr 'fromjson? | select(.exit_code != null) | .error // .msg' "$work/run-$i.log" 2>/dev/null | tail -1 | cut -c1-160 || true)
     verdict=
     case $code in
     0) if ((after == before + 1)) && [[ $drill == true ]]; then ok=$((ok + 1)); verdict=backup
        else bad=$((bad + 1)); verdict="BAD: exit 0 but backups $before -> $after, drill $drill"; fi ;;
     1) if ((after == before)); then failed=$((failed + 1)); verdict="nothing left"
        # Kept but not verified: the drill failed, or passed but its record could not be
-       # written (then no record exists, and the run says so in a `drill:` error).
+       # written (then no record exists, and the run's final error is a `drill:` one).
        elif ((after == before + 1)) && { [[ $drill == false ]] || [[ $drill == none && $why == drill:* ]]; }; then
            failed=$((failed + 1)); drill_failed=$((drill_failed + 1)); verdict="kept, drill $drill"
        else bad=$((bad + 1)); verdict="BAD: exit 1 but backups $before -> $after, drill $drill"; fi ;;
