@@ -380,7 +380,8 @@ pub struct DatabaseArgs {
     /// Fallbacks, in order: DATABASE_URL; else one is built from POSTGRESQL_HOST|PGHOST|POSTGRES_HOST,
     /// POSTGRESQL_PORT|PGPORT|POSTGRES_PORT (5432), POSTGRESQL_USER|PGUSER|POSTGRES_USER (postgres),
     /// POSTGRESQL_PASSWORD|PGPASSWORD|POSTGRES_PASSWORD, POSTGRESQL_DATABASE|PGDATABASE|POSTGRES_DB (notes),
-    /// POSTGRESQL_SSLMODE|PGSSLMODE (prefer). The password is never passed on a command line nor logged.
+    /// POSTGRESQL_SSLMODE|PGSSLMODE (require, as LeafLock's backend; prefer with POSTGRES_HOST,
+    /// as the old script). The password is never passed on a command line nor logged.
     #[arg(
         long,
         env = "LEAFLOCK_BACKUP_DATABASE_URL",

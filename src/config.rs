@@ -212,7 +212,9 @@ pub fn resolve_database(args: &DatabaseArgs, env: EnvLookup) -> Result<DatabaseC
             Ok(c) => (c, "DATABASE_URL"),
             Err(e) => return usage(format!("DATABASE_URL: {e}")),
         }
-    } else if let Some((_, host)) = first(env, &["POSTGRESQL_HOST", "PGHOST", "POSTGRES_HOST"]) {
+    } else if let Some((host_var, host)) =
+        first(env, &["POSTGRESQL_HOST", "PGHOST", "POSTGRES_HOST"])
+    {
         let port = match first(env, &["POSTGRESQL_PORT", "PGPORT", "POSTGRES_PORT"]) {
             None => 5432,
             Some((name, v)) => match v.parse::<u16>() {
@@ -236,7 +238,11 @@ pub fn resolve_database(args: &DatabaseArgs, env: EnvLookup) -> Result<DatabaseC
             .map(|x| x.1)
             .unwrap_or_else(|| "notes".into());
         let sslmode = match first(env, &["POSTGRESQL_SSLMODE", "PGSSLMODE"]) {
-            None => SslMode::Prefer,
+            // Connect as the program whose variables these are: LeafLock's backend
+            // (POSTGRESQL_HOST / PGHOST) requires TLS; the old script's pg_dump
+            // (POSTGRES_HOST) used libpq's default, prefer.
+            None if host_var == "POSTGRES_HOST" => SslMode::Prefer,
+            None => SslMode::Require,
             Some((name, v)) => match SslMode::parse(&v) {
                 Some(m) => m,
                 None => return usage(format!(
@@ -871,6 +877,27 @@ mod tests {
     }
 
     #[test]
+    fn the_backends_variables_require_tls_unless_told_otherwise() {
+        let dest = ("BACKUP_S3_BUCKET", "backups");
+        for host in ["POSTGRESQL_HOST", "PGHOST"] {
+            let c = resolve(&[], &[(host, "pg"), dest]).unwrap();
+            assert_eq!(c.database.conn.sslmode, SslMode::Require, "{host}");
+        }
+        let c = resolve(
+            &[],
+            &[("PGHOST", "pg"), ("POSTGRESQL_SSLMODE", "disable"), dest],
+        )
+        .unwrap();
+        assert_eq!(c.database.conn.sslmode, SslMode::Disable);
+        let c = resolve(
+            &[],
+            &[("POSTGRES_HOST", "pg"), ("PGSSLMODE", "verify-full"), dest],
+        )
+        .unwrap();
+        assert_eq!(c.database.conn.sslmode, SslMode::VerifyFull);
+    }
+
+    #[test]
     fn legacy_variables_are_honoured() {
         let c = resolve(
             &[],
@@ -889,6 +916,11 @@ mod tests {
         assert_eq!(c.database.conn.host, "pg");
         assert_eq!(c.database.conn.dbname, "leaflock");
         assert_eq!(c.database.conn.password(), Some("pw"));
+        assert_eq!(
+            c.database.conn.sslmode,
+            SslMode::Prefer,
+            "as the old script"
+        );
         let DestinationConfig::S3(s3) = c.destination else {
             panic!("expected S3")
         };
