@@ -46,13 +46,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     )
     .await
     .with_context(|| format!("{} is NOT intact", entry.key))?;
-    let (stored_bytes, archive_bytes, sha256, custom_format) = (
-        fed.stored_bytes,
-        fed.archive_bytes,
-        fed.sha256,
-        fed.custom_format,
-    );
-    if !custom_format {
+    if !fed.custom_format {
         return Err(anyhow!(
             "{} is NOT intact: it does not decompress to a pg_dump custom-format archive",
             entry.key
@@ -60,11 +54,14 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     }
     tracing::info!(
         key = %entry.key,
-        stored_bytes,
-        uncompressed_bytes = archive_bytes,
-        sha256 = %sha256,
+        stored_bytes = fed.stored_bytes,
+        uncompressed_bytes = fed.archive_bytes,
+        sha256 = %fed.sha256,
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
-    println!("OK {} sha256={sha256} bytes={stored_bytes}", entry.key);
+    println!(
+        "OK {} sha256={} bytes={}",
+        entry.key, fed.sha256, fed.stored_bytes
+    );
     Ok(())
 }
