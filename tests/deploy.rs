@@ -852,7 +852,7 @@ fn alert_rules_pass_promtool_firing_and_silent_for_every_alert() {
 
     // Each alert is shown firing at least once and silent at least once.
     let alerts = alert_names(&yaml("monitoring/alerts.yml"));
-    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    assert_eq!(alerts.len(), 12, "{alerts:?}");
     let tests = yaml("monitoring/alerts.test.yml");
     let mut firing = BTreeSet::new();
     let mut silent = BTreeSet::new();
