@@ -100,29 +100,27 @@ pub async fn sweep(
         if !in_scope(prefix, scope, &u.key) {
             continue;
         }
-        let mut young = !older_than(u.started, grace, now);
-        if !young {
+        // Young by its start, or still receiving parts (its newest part is young), or
+        // of unknown activity (left for a later sweep rather than guessed at).
+        let why_left = if !older_than(u.started, grace, now) {
+            Some(format!("younger than the grace period ({grace_text})"))
+        } else {
             match storage.last_written(&u).await {
-                Ok(Some(t)) if !older_than(Some(t), grace, now) => {
-                    tracing::info!(key = %u.key, last_part = %t,
-                        "leaving an unfinished upload that is still receiving parts (last part {t}): {}", u.key);
-                    young = true;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // Unknown activity: leave it for a later sweep rather than guess.
-                    tracing::warn!(key = %u.key, error = format!("{e:#}"),
-                        "cannot tell when the unfinished upload {} last received a part; leaving it", u.key);
-                    young = true;
-                }
+                Ok(Some(t)) if !older_than(Some(t), grace, now) => Some(format!(
+                    "still receiving parts (last part {t}, within the grace period of {grace_text})"
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!(
+                    "of unknown activity (cannot list its parts: {e:#})"
+                )),
             }
-        }
-        if young {
+        };
+        if let Some(why) = why_left {
             out.young += 1;
             tracing::info!(
                 key = %u.key,
                 started = ?u.started,
-                "leaving an unfinished upload younger than the grace period ({grace_text}): {}",
+                "leaving an unfinished upload {why}: {}",
                 u.key
             );
             continue;

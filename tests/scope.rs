@@ -412,7 +412,9 @@ fn prune_takes_the_run_lock_and_a_concurrent_sweep_leaves_a_live_upload_alone() 
     // its last part moments ago: the live upload is left alone.
     std::thread::sleep(Duration::from_secs(10));
     let mut other = s3_run(&url18, &prefix, &unique("live_group18"));
-    other.env("LEAFLOCK_BACKUP_ORPHAN_GRACE", "8s");
+    other
+        .env("LEAFLOCK_BACKUP_ORPHAN_GRACE", "8s")
+        .env("PATH", Pg::V18.path_env());
     let o = run(other);
     o.expect_code(0);
     assert!(
