@@ -509,9 +509,72 @@ fn retention_deletes_nothing_while_the_local_clock_disagrees_with_the_stores() {
     let p = run(skewed(prune));
     p.expect_code(1);
     assert!(p.stderr.contains("disagree"), "{}", p.stderr);
+    // On a correct clock, the skewed host's backup is 10 minutes in the future: an
+    // anomaly, so keep-last 1 keeps the older real one (and never deletes the anomaly);
+    // with a tolerance above the skew, the newer one counts and the older one goes.
+    let second = the_key(&r);
     let mut prune = s3_cmd("prune", &prefix);
     prune.args(["--keep-last", "1", "--database-url", &url]);
+    let p = run(prune);
+    p.expect_code(0);
+    let keys = s3_keys(&format!("{prefix}/"));
+    assert!(keys.contains(&first) && keys.contains(&second), "{keys:?}");
+    assert!(p.line("anomaly").is_some(), "{}", p.stderr);
+    let mut prune = s3_cmd("prune", &prefix);
+    prune.args([
+        "--keep-last",
+        "1",
+        "--clock-tolerance",
+        "15m",
+        "--database-url",
+        &url,
+    ]);
     run(prune).expect_code(0);
-    assert!(!s3_keys(&format!("{prefix}/")).contains(&first));
+    let keys = s3_keys(&format!("{prefix}/"));
+    assert!(!keys.contains(&first) && keys.contains(&second), "{keys:?}");
+    drop_db(Pg::V15, &name);
+}
+
+#[test]
+fn a_manifest_that_cannot_be_read_is_listed_as_bad_and_never_deleted() {
+    use base64::Engine;
+    let name = unique("unreadable");
+    let url = leaflock_db(Pg::V15, &name, 1);
+    let prefix = unique("unreadable");
+    let group = unique("unreadable_group");
+    let ssec = || base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    // A backup written with an SSE-C key that was later rotated: its manifest cannot
+    // be read with the new key (the store answers 400/403).
+    let (old_key, new_key) = (ssec(), ssec());
+    let mut first = s3_run(&url, &prefix, &group);
+    first.env("LEAFLOCK_BACKUP_SSE_C_KEY", &old_key);
+    let first = the_key(run(first).expect_code(0));
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut second = s3_run(&url, &prefix, &group);
+    second
+        .env("LEAFLOCK_BACKUP_SSE_C_KEY", &new_key)
+        .args(["--keep-last", "1"]);
+    let r = run(second);
+    r.expect_code(0);
+    assert!(r.line("bad manifest").is_some(), "{}", r.stderr);
+    let mut list = s3_cmd("list", &prefix);
+    list.env("LEAFLOCK_BACKUP_SSE_C_KEY", &new_key);
+    let l = run(list);
+    l.expect_code(0);
+    assert!(l.stdout.contains("BAD MANIFEST"), "{}", l.stdout);
+    let mut prune = s3_cmd("prune", &prefix);
+    prune.env("LEAFLOCK_BACKUP_SSE_C_KEY", &new_key).args([
+        "--keep-last",
+        "1",
+        "--database-url",
+        &url,
+    ]);
+    run(prune).expect_code(0);
+    let keys = s3_keys(&format!("{prefix}/"));
+    assert!(keys.contains(&first), "never deleted: {keys:?}");
+    assert!(
+        keys.contains(&first.replace(".dump.gz", ".manifest.json")),
+        "{keys:?}"
+    );
     drop_db(Pg::V15, &name);
 }
