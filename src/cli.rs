@@ -172,8 +172,8 @@ pub struct RetentionArgs {
 pub struct GateArgs {
     /// Compare every new backup with the newest verified one before retention runs; a backup
     /// in which a table vanished, a table's rows collapsed or the size collapsed is kept,
-    /// marked suspect, and retention deletes nothing until an operator accepts it
-    /// (`prune --accept-suspect KEY`). on or off.
+    /// marked suspect, and retention deletes nothing until an operator accepts it (the help
+    /// of prune says how). on or off.
     #[arg(
         long,
         env = "LEAFLOCK_BACKUP_REGRESSION_GATE",
@@ -486,7 +486,7 @@ pub struct DestinationArgs {
 
     /// The database whose backups this command acts on (list, latest, verify, drill, restore,
     /// prune): each database's keys live apart under the prefix. Default: the database of the
-    /// connection settings (--database-url, LEAFLOCK_BACKUP_DATABASE_URL, DATABASE_URL,
+    /// connection settings (the database URL, LEAFLOCK_BACKUP_DATABASE_URL, DATABASE_URL,
     /// POSTGRESQL_DATABASE|PGDATABASE|POSTGRES_DB), else notes. `run` acts on the database it dumps.
     #[arg(
         long = "database",
