@@ -1214,10 +1214,10 @@ fn prometheus_scrapes_real_runs_and_alerts_and_dashboard_work_on_them() {
                 .iter()
                 .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
                 .collect();
-            (rules.len() == 10 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+            (rules.len() == 12 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
         },
     );
-    assert_eq!(rules_ok.len(), 10);
+    assert_eq!(rules_ok.len(), 12);
     // Healthy runs: no alert for this database.
     prom.wait_value(
         &format!("count(ALERTS{{database=\"{name}\"}}) or vector(0)"),
