@@ -238,15 +238,9 @@ fn two_databases_in(dest: &dyn Fn(&mut Command), keys: &dyn Fn() -> Vec<String>)
             .unwrap(),
     ));
     let all = keys();
-    assert!(
-        all.iter().any(|k| *k == kb),
-        "B's backup untouched: {all:?}"
-    );
-    assert!(all.iter().any(|k| *k == ka2), "{all:?}");
-    assert!(
-        !all.iter().any(|k| *k == ka),
-        "A's older backup pruned: {all:?}"
-    );
+    assert!(all.contains(&kb), "B's backup untouched: {all:?}");
+    assert!(all.contains(&ka2), "{all:?}");
+    assert!(!all.contains(&ka), "A's older backup pruned: {all:?}");
 
     // latest and list per database.
     for (db, want, not) in [(&a, &ka2, &kb), (&b, &kb, &ka2)] {
