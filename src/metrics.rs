@@ -188,8 +188,8 @@ impl GroupState {
     }
 
     /// The group as metric families, ready for the text encoder.
-    pub fn families(&self, job: &str, database: &str) -> Vec<MetricFamily> {
-        let _ = (job, database); // grouping labels travel in the URL
+    /// The grouping labels (job, database) are not in here: they travel in the URL.
+    pub fn families(&self) -> Vec<MetricFamily> {
         let mut out = vec![
             family(
                 BACKUPS_TOTAL,
@@ -279,10 +279,10 @@ impl GroupState {
         out
     }
 
-    pub fn to_text(&self, job: &str, database: &str) -> Vec<u8> {
+    pub fn to_text(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         prometheus::TextEncoder::new()
-            .encode(&self.families(job, database), &mut buf)
+            .encode(&self.families(), &mut buf)
             .expect("text encoding to memory");
         buf
     }
@@ -457,7 +457,7 @@ impl Pushgateway {
 
     /// Replace the group with `state`.
     pub async fn put(&self, database: &str, state: &GroupState) -> Result<()> {
-        let body = state.to_text(&self.cfg.job, database);
+        let body = state.to_text();
         let resp = self
             .http
             .put(self.group_path(database))
@@ -539,7 +539,7 @@ mod tests {
         assert_eq!(s.duration.buckets[7], 3, "<=900s");
         assert_eq!(s.size_bytes, size_before);
         assert_eq!(s.last_success, success_before);
-        let text = String::from_utf8(s.to_text("j", "d")).unwrap();
+        let text = String::from_utf8(s.to_text()).unwrap();
         assert!(
             text.contains("leaflock_backups_total{status=\"failure\"} 1"),
             "{text}"
@@ -561,7 +561,7 @@ mod tests {
             finished_at: Utc::now(),
             duration_seconds: 40.0,
         });
-        let text = String::from_utf8(s.to_text("j", "d")).unwrap();
+        let text = String::from_utf8(s.to_text()).unwrap();
         assert!(
             text.contains("leaflock_restore_drills_total{status=\"failure\"} 1"),
             "{text}"

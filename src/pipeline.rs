@@ -114,34 +114,11 @@ pub struct StreamStats {
     pub sha256: String,
 }
 
-/// Stream `source` through compression into `writer`, compressing on every core.
-/// Does not finish or abort the writer: the caller decides, after checking pg_dump's
-/// exit status.
-#[allow(dead_code)] // `run` passes its configured thread count to `stream_with_threads`
+/// Stream `source` through compression on `threads` threads (and age encryption of
+/// the compressed stream when `encryption` is set; the hash is of the encrypted bytes:
+/// what is stored) into `writer`. Does not finish or abort the writer: the caller
+/// decides, after checking pg_dump's exit status.
 pub async fn stream<R>(
-    source: R,
-    compression: Compression,
-    writer: &mut dyn ObjectWriter,
-    counters: Arc<Counters>,
-) -> Result<StreamStats>
-where
-    R: AsyncRead + Unpin + Send,
-{
-    stream_with_threads(
-        source,
-        compression,
-        compress::default_threads(),
-        None,
-        writer,
-        counters,
-    )
-    .await
-}
-
-/// [`stream`] with `threads` compressing threads, and age encryption of the
-/// compressed stream when `encryption` is set (the hash is of the encrypted bytes:
-/// what is stored).
-pub async fn stream_with_threads<R>(
     mut source: R,
     compression: Compression,
     threads: usize,

@@ -463,7 +463,7 @@ async fn backup(
     let reporter = Reporter::start(counters.clone(), term.progress);
     let streamed = cancellable(
         cancel,
-        pipeline::stream_with_threads(
+        pipeline::stream(
             stdout,
             cfg.compression,
             cfg.compress_threads,
@@ -516,7 +516,7 @@ async fn backup(
     // Commit: complete the object, then write the manifest.
     let stored = writer.finish().await?;
     if stored != stats.stored_bytes {
-        let _ = storage.delete(&object_key).await;
+        remove_orphan(storage.as_ref(), &object_key).await;
         anyhow::bail!(
             "the destination stored {stored} bytes but {} were written",
             stats.stored_bytes
