@@ -6,6 +6,7 @@
 use crate::drill::DrillRecord;
 use crate::error::usage;
 use crate::manifest::{self, Manifest};
+use crate::signing::{self, DocKind, Seal, Trust, TrustPolicy};
 use crate::storage::{ObjectInfo, Storage};
 use anyhow::{bail, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -14,11 +15,17 @@ use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A catalog holds one entry per stored object, built once per scan: size is no concern.
+#[allow(clippy::large_enum_variant)]
 pub enum Kind {
     /// An object with this tool's manifest.
     Backup {
         manifest: Box<Manifest>,
         drill: Option<DrillRecord>,
+        /// The manifest's signature, checked against the key it names (see `signing.rs`).
+        seal: Seal,
+        /// The drill record's signature.
+        drill_seal: Option<Seal>,
     },
     /// `leaflock_backup_YYYYmmdd_HHMMSS.sql.gz.enc` from LeafLock's old script.
     Legacy,
@@ -108,16 +115,19 @@ pub async fn scan(storage: &dyn Storage, prefix: &str) -> Result<Vec<Entry>> {
         };
         claimed.push(&obj.key);
         let dkey = manifest::drill_key(&m.object_key);
-        let drill = if by_key.contains_key(dkey.as_str()) {
+        let (drill, drill_seal) = if by_key.contains_key(dkey.as_str()) {
             claimed.push(by_key[dkey.as_str()].key.as_str());
-            storage
-                .get_small(&dkey)
-                .await
-                .ok()
-                .and_then(|d| serde_json::from_slice(&d).ok())
+            match storage.get_small(&dkey).await {
+                Ok(d) => match serde_json::from_slice::<DrillRecord>(&d) {
+                    Ok(rec) => (Some(rec), Some(signing::seal_of(&d, DocKind::DrillRecord))),
+                    Err(_) => (None, None),
+                },
+                Err(_) => (None, None),
+            }
         } else {
-            None
+            (None, None)
         };
+        let seal = signing::seal_of(&data, DocKind::Manifest);
         entries.push(Entry {
             key: obj.key.clone(),
             time: Some(m.started_at),
@@ -125,6 +135,8 @@ pub async fn scan(storage: &dyn Storage, prefix: &str) -> Result<Vec<Entry>> {
             kind: Kind::Backup {
                 manifest: Box::new(m),
                 drill,
+                seal,
+                drill_seal,
             },
         });
     }
@@ -165,6 +177,85 @@ pub fn resolve<'a>(entries: &'a [Entry], key: &str) -> Result<&'a Entry> {
             "KEY: no object {key:?} under this prefix (give a key as `leaflock-backup list` prints it, or latest)"
         )),
     }
+}
+
+// Trust: what `signing.rs` decides, applied to entries. `latest` and retention count
+// only the backups the policy counts; the gate for one named backup is
+// `TrustPolicy::admit`.
+
+impl Entry {
+    /// Who signed this backup's manifest, as far as the policy can tell. Old-script
+    /// archives and debris have no signature.
+    pub fn trust(&self, policy: &TrustPolicy) -> Trust {
+        match &self.kind {
+            Kind::Backup { seal, .. } => policy.trust(seal),
+            _ => Trust::Unsigned,
+        }
+    }
+
+    /// Its latest drill passed, and the record says so credibly: it is about this very
+    /// object (key and sha256) and, when trusted keys are configured, signed by one.
+    pub fn drill_verified(&self, policy: &TrustPolicy) -> bool {
+        let Kind::Backup {
+            manifest,
+            drill: Some(d),
+            drill_seal,
+            ..
+        } = &self.kind
+        else {
+            return false;
+        };
+        let about_this = d.object_key == manifest.object_key
+            && d.sha256.as_deref().is_none_or(|s| s == manifest.sha256);
+        let credible = match drill_seal {
+            Some(seal) => policy.counts(&policy.trust(seal)),
+            None => !policy.enforced(),
+        };
+        d.passed && about_this && credible && (!policy.enforced() || d.sha256.is_some())
+    }
+}
+
+/// Backups with a manifest that the policy does not count (unsigned, badly signed,
+/// signed by an untrusted key while trusted keys are configured).
+pub fn untrusted<'a>(entries: &'a [Entry], policy: &TrustPolicy) -> Vec<&'a Entry> {
+    entries
+        .iter()
+        .filter(|e| e.manifest().is_some() && !policy.counts(&e.trust(policy)))
+        .collect()
+}
+
+/// [`resolve`], with `latest` chosen among the backups the policy counts only; the
+/// newer ones it passes over are named in a warning.
+pub fn resolve_trusted(entries: &[Entry], key: &str, policy: &TrustPolicy) -> Result<Entry> {
+    if key != "latest" {
+        return resolve(entries, key).cloned();
+    }
+    let skipped = untrusted(entries, policy);
+    let counted: Vec<Entry> = entries
+        .iter()
+        .filter(|e| !skipped.iter().any(|s| std::ptr::eq(*s, *e)))
+        .cloned()
+        .collect();
+    let chosen = resolve(&counted, key).map_err(|e| {
+        if skipped.is_empty() {
+            e
+        } else {
+            e.context(format!(
+                "{} backup(s) are not signed by a trusted key and were skipped",
+                skipped.len()
+            ))
+        }
+    })?;
+    for s in skipped.iter().filter(|s| s.time > chosen.time) {
+        tracing::warn!(
+            key = %s.key,
+            signature = %s.trust(policy).describe(),
+            "skipping {} for latest: it is {}",
+            s.key,
+            s.trust(policy).describe()
+        );
+    }
+    Ok(chosen.clone())
 }
 
 #[cfg(test)]

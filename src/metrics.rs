@@ -37,6 +37,7 @@ pub const NEXT_RUN: &str = "leaflock_backup_next_run_timestamp_seconds";
 pub const DRILLS_TOTAL: &str = "leaflock_restore_drills_total";
 pub const DRILL_DURATION: &str = "leaflock_restore_drill_duration_seconds";
 pub const DRILL_LAST_SUCCESS: &str = "leaflock_restore_drill_last_success_timestamp_seconds";
+pub const UNTRUSTED_BACKUPS: &str = "leaflock_backup_untrusted_backups";
 
 /// A cumulative histogram over [`DURATION_BUCKETS`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,6 +76,9 @@ pub struct GroupState {
     pub drills_failure: f64,
     pub drill_duration: Hist,
     pub drill_last_success: Option<f64>,
+    /// Backups under the prefix not signed by a trusted key, at the last run that
+    /// checked (only pushed when trusted keys are configured).
+    pub untrusted_backups: Option<f64>,
 }
 
 /// What one backup run contributes.
@@ -160,6 +164,7 @@ impl GroupState {
             uncompressed_size_bytes: plain_value(g, BACKUP_UNCOMPRESSED_SIZE),
             next_run: plain_value(g, NEXT_RUN),
             drill_last_success: plain_value(g, DRILL_LAST_SUCCESS),
+            untrusted_backups: plain_value(g, UNTRUSTED_BACKUPS),
             ..Default::default()
         };
         s.duration = hist_value(g, BACKUP_DURATION).unwrap_or_default();
@@ -187,7 +192,7 @@ impl GroupState {
                 vec![histogram(&self.duration)],
             ),
         ];
-        let gauges: [(&str, &str, Option<f64>); 7] = [
+        let gauges: [(&str, &str, Option<f64>); 8] = [
             (
                 BACKUP_SIZE,
                 "Stored bytes of the last successful backup.",
@@ -222,6 +227,12 @@ impl GroupState {
                 DRILL_LAST_SUCCESS,
                 "Unix time the last successful restore drill finished.",
                 self.drill_last_success,
+            ),
+            (
+                UNTRUSTED_BACKUPS,
+                "Backups under the prefix that are unsigned, badly signed or signed by an untrusted key, \
+                 skipped by latest and retention (last run that checked).",
+                self.untrusted_backups,
             ),
         ];
         for (name, help, v) in gauges {
@@ -448,13 +459,14 @@ impl Pushgateway {
         Ok(())
     }
 
-    /// Read back, add this run's backup and/or drill, push. `database` is the grouping
-    /// label value.
+    /// Read back, add this run's backup and/or drill (and the count of untrusted
+    /// backups, when checked), push. `database` is the grouping label value.
     pub async fn push(
         &self,
         database: &str,
         backup: Option<&BackupOutcome>,
         drill: Option<&DrillOutcome>,
+        untrusted: Option<usize>,
     ) -> Result<PushReport> {
         let (mut state, cumulative) = match self.read(database).await {
             Ok(s) => (s.unwrap_or_default(), true),
@@ -472,6 +484,9 @@ impl Pushgateway {
         }
         if let Some(d) = drill {
             state.add_drill(d);
+        }
+        if let Some(n) = untrusted {
+            state.untrusted_backups = Some(n as f64);
         }
         self.put(database, &state).await?;
         Ok(PushReport { cumulative, state })

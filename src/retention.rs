@@ -17,6 +17,7 @@
 
 use crate::catalog::{self, Kind};
 use crate::manifest;
+use crate::signing::TrustPolicy;
 use crate::storage::Storage;
 use chrono::{DateTime, Datelike, Duration, Utc};
 use std::collections::{BTreeMap, HashSet};
@@ -170,21 +171,30 @@ pub async fn apply(
     storage: &dyn Storage,
     prefix: &str,
     policy: &Policy,
+    trust: &TrustPolicy,
     dry_run: bool,
 ) -> anyhow::Result<(usize, usize)> {
     let entries = catalog::scan(storage, prefix).await?;
     let candidates: Vec<Candidate> = entries
         .iter()
+        .filter(|e| trust.counts(&e.trust(trust)))
         .filter_map(|e| match &e.kind {
-            Kind::Backup { manifest, drill } => Some(Candidate {
+            Kind::Backup { manifest, .. } => Some(Candidate {
                 key: e.key.clone(),
                 time: manifest.started_at,
-                verified: drill.as_ref().is_some_and(|d| d.passed),
+                verified: e.drill_verified(trust),
             }),
             _ => None,
         })
         .collect();
-    let decisions = plan(&candidates, policy, Utc::now());
+    let mut decisions = plan(&candidates, policy, Utc::now());
+    decisions.extend(untrusted_decisions(
+        &entries,
+        &candidates,
+        policy,
+        trust,
+        Utc::now(),
+    ));
     let (mut kept, mut deleted) = (0, 0);
     for d in &decisions {
         if d.keep() {
@@ -218,6 +228,53 @@ pub async fn apply(
         deleted += 1;
     }
     Ok((kept, deleted))
+}
+
+/// Backups the trust policy does not count (see `signing.rs`): they never fill a keep
+/// rule nor count as the newest or the verified backup, so a planted or unsigned
+/// backup cannot push a validly signed one out. They are kept, with a warning, until
+/// the hard age limit (`--max-age`, read from the object's own name, not from the
+/// unsigned manifest) — and even then only when nothing they would delete (object,
+/// manifest, drill record: the same stem) belongs to a counted backup.
+fn untrusted_decisions(
+    entries: &[catalog::Entry],
+    counted: &[Candidate],
+    policy: &Policy,
+    trust: &TrustPolicy,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
+    catalog::untrusted(entries, trust)
+        .into_iter()
+        .map(|e| {
+            let named_time = catalog::time_from_name(&e.key);
+            let shares_stem = counted
+                .iter()
+                .any(|c| manifest::stem(&c.key) == manifest::stem(&e.key));
+            let expired = match (policy.max_age_days, named_time) {
+                (Some(days), Some(t)) => now - t > Duration::days(days as i64),
+                _ => false,
+            };
+            let what = e.trust(trust).describe();
+            tracing::warn!(
+                key = %e.key,
+                signature = %what,
+                "{} is {what}: retention does not count it (it cannot keep or push out a signed backup)",
+                e.key
+            );
+            let reasons = if expired && !shares_stem {
+                Vec::new()
+            } else if shares_stem {
+                vec![format!("{what}, beside a trusted backup of the same name")]
+            } else {
+                vec![format!("{what}: never counted, kept until --max-age")]
+            };
+            Decision {
+                key: e.key.clone(),
+                time: named_time.or(e.time).unwrap_or(now),
+                reasons,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

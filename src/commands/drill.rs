@@ -8,7 +8,7 @@ use crate::cli::DrillCommandArgs;
 use crate::commands::run::{new_run_id, push_metrics, record_drill};
 use crate::config::{
     process_env, resolve_database, resolve_destination, resolve_drill, resolve_keys,
-    resolve_metrics,
+    resolve_metrics, resolve_signing, resolve_trust,
 };
 use crate::metrics::DrillOutcome;
 use crate::signals::Cancel;
@@ -22,21 +22,27 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
     let keys = resolve_keys(&args.keys, &process_env)?;
     let opts = resolve_drill(&args.drill, &database, keys, args.require_encryption)?;
     let metrics = resolve_metrics(&args.metrics)?;
+    let signer = resolve_signing(&args.signing)?;
+    let trust = resolve_trust(&args.trust, Some(&args.allow), signer.as_deref())?;
     let run_id = new_run_id(Utc::now());
     logging::set_run_id(&run_id);
     let cancel = Cancel::install().context("cannot install signal handlers")?;
 
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
-    let entry = catalog::resolve(&entries, &args.key)?;
+    let untrusted = trust
+        .enforced()
+        .then(|| catalog::untrusted(&entries, &trust).len());
+    let entry = &catalog::resolve_trusted(&entries, &args.key, &trust)?;
     let Kind::Backup { manifest, .. } = &entry.kind else {
         bail!(
             "{} has no valid manifest: only backups of this tool can be drilled",
             entry.key
         );
     };
+    trust.admit(&entry.key, &entry.trust(&trust), "drill")?;
     let mut rec = drill::drill(storage.as_ref(), manifest, &opts, &run_id, &cancel).await;
-    record_drill(storage.as_ref(), &mut rec).await;
+    record_drill(storage.as_ref(), &mut rec, signer.as_deref()).await;
     if let Some(m) = &metrics {
         let label = m
             .database_label
@@ -47,7 +53,7 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
             finished_at: rec.finished_at,
             duration_seconds: rec.duration_seconds,
         };
-        push_metrics(m, &label, None, Some(&outcome)).await;
+        push_metrics(m, &label, None, Some(&outcome), untrusted).await;
     }
     if rec.passed {
         Ok(())

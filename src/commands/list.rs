@@ -3,17 +3,28 @@
 
 use crate::catalog::{self, Entry, Kind};
 use crate::cli::ListArgs;
-use crate::config::{process_env, resolve_destination};
+use crate::config::{process_env, resolve_destination, resolve_trust};
 use crate::progress::human_bytes;
+use crate::signing::TrustPolicy;
 use crate::storage;
 use anyhow::Result;
 
 pub async fn execute(args: &ListArgs) -> Result<()> {
     let dest = resolve_destination(&args.destination, &process_env)?;
+    let trust = resolve_trust(&args.trust, None, None)?;
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        // Each entry as scanned, plus `trust`: its signature judged by --trusted-key.
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let mut v = serde_json::to_value(e)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("trust".into(), e.trust(&trust).to_json());
+            }
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if entries.is_empty() {
@@ -21,22 +32,24 @@ pub async fn execute(args: &ListArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20}  {:<12}  {:>10}  {:<8}  {:<10}  {:<13}  KEY",
-        "TIME (UTC)", "DATABASE", "SIZE", "COMPRESS", "ENCRYPTION", "DRILL"
+        "{:<20}  {:<12}  {:>10}  {:<8}  {:<10}  {:<13}  {:<25}  KEY",
+        "TIME (UTC)", "DATABASE", "SIZE", "COMPRESS", "ENCRYPTION", "DRILL", "SIGNATURE"
     );
     for e in &entries {
-        println!("{}", row(e));
+        println!("{}", row(e, &trust));
     }
     Ok(())
 }
 
-fn row(e: &Entry) -> String {
+fn row(e: &Entry, trust: &TrustPolicy) -> String {
     let time = e
         .time
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into());
     let (db, comp, enc, drill) = match &e.kind {
-        Kind::Backup { manifest, drill } => (
+        Kind::Backup {
+            manifest, drill, ..
+        } => (
             manifest.database.clone(),
             format!(
                 "{}:{}",
@@ -49,7 +62,8 @@ fn row(e: &Entry) -> String {
                 .unwrap_or_else(|| "none".into()),
             match drill {
                 None => "never".to_string(),
-                Some(d) if d.passed => "passed".to_string(),
+                Some(d) if d.passed && e.drill_verified(trust) => "passed".to_string(),
+                Some(d) if d.passed => "NOT COUNTED".to_string(),
                 Some(_) => "FAILED".to_string(),
             },
         ),
@@ -64,8 +78,12 @@ fn row(e: &Entry) -> String {
         Kind::NoManifest => ("-".into(), "-".into(), "-".into(), "NO MANIFEST".into()),
         Kind::Partial => ("-".into(), "-".into(), "-".into(), "PARTIAL".into()),
     };
+    let signature = match &e.kind {
+        Kind::Backup { .. } | Kind::Legacy => e.trust(trust).column(),
+        _ => "-".into(),
+    };
     format!(
-        "{time:<20}  {db:<12}  {:>10}  {comp:<8}  {enc:<10}  {drill:<13}  {}",
+        "{time:<20}  {db:<12}  {:>10}  {comp:<8}  {enc:<10}  {drill:<13}  {signature:<25}  {}",
         human_bytes(e.size),
         e.key
     )

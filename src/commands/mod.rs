@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod drill;
+pub mod keygen;
 pub mod list;
 pub mod next_run;
 pub mod prune;

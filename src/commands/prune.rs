@@ -3,7 +3,9 @@
 //! see what would go and which rule keeps each kept backup).
 
 use crate::cli::PruneArgs;
-use crate::config::{process_env, resolve_destination, resolve_orphan_grace, resolve_retention};
+use crate::config::{
+    process_env, resolve_destination, resolve_orphan_grace, resolve_retention, resolve_trust,
+};
 use crate::error::usage;
 use crate::{debris, retention, storage};
 use anyhow::Result;
@@ -17,10 +19,17 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
         );
     };
     let grace = resolve_orphan_grace(&args.retention)?;
+    let trust = resolve_trust(&args.trust, None, None)?;
     let storage = storage::open(&dest).await?;
     let swept = debris::sweep(storage.as_ref(), dest.prefix(), grace, args.dry_run).await?;
-    let (kept, deleted) =
-        retention::apply(storage.as_ref(), dest.prefix(), &policy, args.dry_run).await?;
+    let (kept, deleted) = retention::apply(
+        storage.as_ref(),
+        dest.prefix(),
+        &policy,
+        &trust,
+        args.dry_run,
+    )
+    .await?;
     tracing::info!(
         kept,
         deleted,

@@ -10,7 +10,9 @@
 
 use crate::catalog::{self, Kind};
 use crate::cli::RestoreArgs;
-use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
+use crate::config::{
+    check_tool_path, process_env, resolve_destination, resolve_keys, resolve_trust,
+};
 use crate::conninfo::ConnInfo;
 use crate::database;
 use crate::error::{usage, UsageError};
@@ -49,18 +51,20 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         args.pg_restore.as_deref(),
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
+    let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
     let cancel = Cancel::install().context("cannot install signal handlers")?;
     let timeout = Duration::from_secs(args.connect_timeout.max(1));
 
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
-    let entry = catalog::resolve(&entries, &args.key)?;
+    let entry = &catalog::resolve_trusted(&entries, &args.key, &trust)?;
     let keys = resolve_keys(&args.keys, &process_env)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => Some(manifest.as_ref()),
         Kind::Legacy => None,
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
     };
+    trust.admit(&entry.key, &entry.trust(&trust), "restore")?;
     let legacy_key = match manifest {
         Some(_) => None,
         None => match keys.passphrase() {
@@ -87,6 +91,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         .await
         .context("cannot inspect the target database")?
         .get(0);
+    crate::drill::warn_if_superuser(&client, "restore", false).await;
     drop(client);
     if tables > 0 && !args.clean {
         return usage(format!(

@@ -102,7 +102,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
                 cancel,
             )
             .await;
-            record_drill(summary.storage.as_ref(), &mut rec).await;
+            record_drill(summary.storage.as_ref(), &mut rec, cfg.signer.as_deref()).await;
             Some(rec)
         }
         _ => None,
@@ -115,6 +115,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
             summary.storage.as_ref(),
             cfg.destination.prefix(),
             policy,
+            &cfg.trust,
             false,
         )
         .await
@@ -151,7 +152,13 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
             finished_at: d.finished_at,
             duration_seconds: d.duration_seconds,
         });
-        push_metrics(mcfg, &label, Some(&backup), drill.as_ref()).await;
+        let untrusted = match &result {
+            Ok(summary) if cfg.trust.enforced() => {
+                count_untrusted(summary.storage.as_ref(), cfg).await
+            }
+            _ => None,
+        };
+        push_metrics(mcfg, &label, Some(&backup), drill.as_ref(), untrusted).await;
     }
 
     result?;
@@ -194,9 +201,18 @@ fn log_summary(summary: &Summary, duration: f64) {
 /// record cannot be written is not on record as verified (`list` and retention cannot
 /// see it), so it counts as failed: the run says so instead of claiming a verified
 /// backup that nothing shows.
-pub async fn record_drill(storage: &dyn Storage, rec: &mut DrillRecord) {
+pub async fn record_drill(
+    storage: &dyn Storage,
+    rec: &mut DrillRecord,
+    signer: Option<&crate::signing::Signer25519>,
+) {
     let key = manifest::drill_key(&rec.object_key);
-    let json = serde_json::to_vec_pretty(&*rec).expect("drill record serialises");
+    let mut json = serde_json::to_vec_pretty(&*rec).expect("drill record serialises");
+    if let Some(signer) = signer {
+        json = signer
+            .seal(&json, crate::signing::DocKind::DrillRecord)
+            .expect("a drill record is a JSON object");
+    }
     if let Err(e) = storage.put_small(&key, Bytes::from(json), true).await {
         let why = format!("could not write the drill record {key}: {e:#}");
         tracing::error!(key, error = format!("{e:#}"), "{why}");
@@ -234,9 +250,10 @@ pub async fn push_metrics(
     label: &str,
     backup: Option<&BackupOutcome>,
     drill: Option<&DrillOutcome>,
+    untrusted: Option<usize>,
 ) {
     let result = match Pushgateway::new(mcfg) {
-        Ok(pg) => pg.push(label, backup, drill).await,
+        Ok(pg) => pg.push(label, backup, drill, untrusted).await,
         Err(e) => Err(e),
     };
     match result {
@@ -255,6 +272,18 @@ pub async fn push_metrics(
             "could not push metrics to the Pushgateway at {}; the outcome is unaffected",
             mcfg.url
         ),
+    }
+}
+
+/// How many backups under the prefix the trust policy does not count (for
+/// `leaflock_backup_untrusted_backups`); `None` if the destination cannot be listed.
+async fn count_untrusted(storage: &dyn Storage, cfg: &RunConfig) -> Option<usize> {
+    match crate::catalog::scan(storage, cfg.destination.prefix()).await {
+        Ok(entries) => Some(crate::catalog::untrusted(&entries, &cfg.trust).len()),
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "cannot count untrusted backups");
+            None
+        }
     }
 }
 
@@ -459,8 +488,20 @@ async fn backup(
         extensions: snap.extensions,
         indexes: snap.indexes,
     };
+    // Signed when a signing key is configured: the signature covers the whole
+    // manifest, the object's sha256 included.
+    let manifest_json = match cfg.signer.as_deref() {
+        None => manifest.to_json(),
+        Some(signer) => match signer.seal(&manifest.to_json(), crate::signing::DocKind::Manifest) {
+            Ok(j) => j,
+            Err(e) => {
+                remove_orphan(storage.as_ref(), &object_key).await;
+                return Err(e.context("commit"));
+            }
+        },
+    };
     if let Err(e) = storage
-        .put_small(&manifest_key, Bytes::from(manifest.to_json()), false)
+        .put_small(&manifest_key, Bytes::from(manifest_json), false)
         .await
     {
         remove_orphan(storage.as_ref(), &object_key).await;

@@ -5,7 +5,9 @@
 
 use crate::catalog::{self, Kind};
 use crate::cli::VerifyArgs;
-use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
+use crate::config::{
+    check_tool_path, process_env, resolve_destination, resolve_keys, resolve_trust,
+};
 use crate::pgtool;
 use crate::{readback, storage};
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,9 +20,10 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
     let keys = resolve_keys(&args.keys, &process_env)?;
+    let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
-    let entry = catalog::resolve(&entries, &args.key)?;
+    let entry = &catalog::resolve_trusted(&entries, &args.key, &trust)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => manifest,
         Kind::Legacy => bail!(
@@ -29,6 +32,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         ),
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
     };
+    trust.admit(&entry.key, &entry.trust(&trust), "verify")?;
     let decode = readback::Decode::for_manifest(manifest, &keys, args.require_encryption)?;
     let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
     let tool = pgtool::select("pg_restore", explicit.as_deref(), major)?;
@@ -60,8 +64,11 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
     println!(
-        "OK {} sha256={} bytes={}",
-        entry.key, fed.sha256, fed.stored_bytes
+        "OK {} sha256={} bytes={} {}",
+        entry.key,
+        fed.sha256,
+        fed.stored_bytes,
+        entry.trust(&trust).describe()
     );
     Ok(())
 }
