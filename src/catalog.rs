@@ -261,7 +261,82 @@ pub fn resolve_trusted(entries: &[Entry], key: &str, policy: &TrustPolicy) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signing::Signer25519;
     use chrono::TimeZone;
+
+    const MANIFEST: &str = r#"{"format_version":1,"tool":"leaflock-backup","tool_version":"0.1.0",
+      "run_id":"r","object_key":"b/leaflock_backup_20261125T020003Z.dump.gz","database":"notes",
+      "server_version":"15","server_version_num":150000,"pg_dump_version":"pg_dump 15",
+      "started_at":"2026-11-25T02:00:03Z","finished_at":"2026-11-25T02:00:04Z","duration_seconds":1.0,
+      "compression":{"algorithm":"gzip","level":6},"encryption":null,"uncompressed_bytes":10,
+      "stored_bytes":5,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+      "snapshot":"s","tables":[]}"#;
+
+    fn record(sha256: &str) -> String {
+        format!(
+            r#"{{"format_version":1,"run_id":"d","object_key":"b/leaflock_backup_20261125T020003Z.dump.gz",
+              "started_at":"2026-11-25T03:00:00Z","finished_at":"2026-11-25T03:00:01Z","duration_seconds":1.0,
+              "passed":true,"failures":[],"server":"s","scratch_database":"x","scratch_database_kept":false,
+              "pg_restore_version":"15","tables_checked":0,"rows_checked":0,"checks_run":0,"sha256":"{sha256}"}}"#
+        )
+    }
+
+    fn entry(manifest: &[u8], drill: Option<&[u8]>) -> Entry {
+        let m = Manifest::from_json(manifest).unwrap();
+        Entry {
+            key: m.object_key.clone(),
+            time: Some(m.started_at),
+            size: 5,
+            kind: Kind::Backup {
+                manifest: Box::new(m),
+                drill: drill.map(|d| serde_json::from_slice(d).unwrap()),
+                seal: signing::seal_of(manifest, DocKind::Manifest),
+                drill_seal: drill.map(|d| signing::seal_of(d, DocKind::DrillRecord)),
+            },
+        }
+    }
+
+    #[test]
+    fn a_drill_counts_as_verified_only_when_its_record_is_credible() {
+        let k = Signer25519::generate();
+        let strict = TrustPolicy {
+            keys: vec![k.public()],
+            allow_unsigned: None,
+        };
+        let open = TrustPolicy::default();
+        let m = k.seal(MANIFEST.as_bytes(), DocKind::Manifest).unwrap();
+        let good = record(&"a".repeat(64));
+        let signed = k.seal(good.as_bytes(), DocKind::DrillRecord).unwrap();
+        let e = entry(&m, Some(&signed));
+        assert_eq!(e.trust(&strict), Trust::Signed(k.public().fingerprint()));
+        assert!(e.drill_verified(&strict));
+        // An unsigned record (written by anyone) does not count once keys are trusted.
+        let e = entry(&m, Some(good.as_bytes()));
+        assert!(!e.drill_verified(&strict));
+        assert!(e.drill_verified(&open));
+        // A signed record about another object (another sha256) never counts.
+        let other = k
+            .seal(record(&"b".repeat(64)).as_bytes(), DocKind::DrillRecord)
+            .unwrap();
+        assert!(!entry(&m, Some(&other)).drill_verified(&strict));
+        assert!(!entry(&m, Some(&other)).drill_verified(&open));
+        // A record signed by another key does not count either.
+        let stranger = Signer25519::generate()
+            .seal(good.as_bytes(), DocKind::DrillRecord)
+            .unwrap();
+        assert!(!entry(&m, Some(&stranger)).drill_verified(&strict));
+        // An unsigned manifest is not counted for latest.
+        let unsigned = entry(MANIFEST.as_bytes(), None);
+        assert_eq!(untrusted(std::slice::from_ref(&unsigned), &strict).len(), 1);
+        assert!(untrusted(std::slice::from_ref(&unsigned), &open).is_empty());
+        assert!(resolve_trusted(std::slice::from_ref(&unsigned), "latest", &strict).is_err());
+        assert_eq!(
+            resolve_trusted(&[unsigned.clone()], "latest", &open)
+                .unwrap()
+                .key,
+            unsigned.key
+        );
+    }
 
     #[test]
     fn times_from_both_naming_schemes() {

@@ -626,3 +626,67 @@ fn a_non_superuser_drill_role_cannot_escape_its_scratch_database() {
     // Scratch databases the drill role created are gone, so the role can go too.
     psql(pg, &admin, &format!("DROP ROLE {role}"));
 }
+
+#[test]
+fn an_old_script_archive_is_restored_with_trusted_keys_only_when_named() {
+    let pg = Pg::V15;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(dir.path(), "k.key");
+    let name = unique("legacysigned");
+    let url = leaflock_db(pg, &name, 1);
+    let password = "old-backup-key";
+    let prefix = unique("legacysigned");
+    let key = format!("{prefix}/2025/06/01/leaflock_backup_20250601_020000.sql.gz.enc");
+    let script = format!(
+        "set -o pipefail; '{}' --clean --if-exists --create --dbname='{url}' | gzip | \
+         openssl enc -aes-256-cbc -salt -pass 'pass:{password}'",
+        pg.tool("pg_dump").display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success());
+    s3_put(&key, out.stdout);
+
+    let l = run(with_trust(s3_cmd("list", &prefix), &[&public]));
+    assert!(
+        l.stdout
+            .lines()
+            .any(|x| x.ends_with(&key) && x.contains("unsigned")),
+        "{}",
+        l.stdout
+    );
+    let target = unique("legacysigned_target");
+    psql(
+        pg,
+        &pg.admin_url(),
+        &format!("CREATE DATABASE \"{target}\""),
+    );
+    let restore = |allow: bool| {
+        let mut cmd = with_trust(s3_cmd("restore", &prefix), &[&public]);
+        cmd.args([
+            key.as_str(),
+            "--target-database-url",
+            &pg.url(&target),
+            "--yes",
+        ])
+        .env("BACKUP_ENCRYPTION_KEY", password)
+        .env("PATH", pg.path_env());
+        if allow {
+            cmd.args(["--allow-unsigned", &key]);
+        }
+        run(cmd)
+    };
+    let r = restore(false);
+    r.expect_code(1);
+    assert!(r.stderr.contains("refusing to restore"), "{}", r.stderr);
+    assert!(table_counts(pg, &pg.url(&target)).is_empty());
+    let r = restore(true);
+    r.expect_code(0);
+    assert!(
+        r.line("--allow-unsigned names it").is_some(),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(table_counts(pg, &pg.url(&target)), table_counts(pg, &url));
+    drop_db(pg, &target);
+    drop_db(pg, &name);
+}
