@@ -331,7 +331,7 @@ mod tests {
         assert!(untrusted(std::slice::from_ref(&unsigned), &open).is_empty());
         assert!(resolve_trusted(std::slice::from_ref(&unsigned), "latest", &strict).is_err());
         assert_eq!(
-            resolve_trusted(&[unsigned.clone()], "latest", &open)
+            resolve_trusted(std::slice::from_ref(&unsigned), "latest", &open)
                 .unwrap()
                 .key,
             unsigned.key
