@@ -634,3 +634,37 @@ mod tests {
         assert!(!open.counts(&Trust::BadSignature("x".into())));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// A document read back is a stranger's: any bytes, any edit of a signed one,
+        /// never a panic, and an edit that keeps the JSON never leaves it valid.
+        #[test]
+        fn seals_of_arbitrary_or_edited_documents_never_panic(
+            data in proptest::collection::vec(any::<u8>(), 0..256),
+            at in 0usize..400,
+            b in any::<u8>(),
+        ) {
+            let _ = seal_of(&data, DocKind::Manifest);
+            let k = Signer25519::generate();
+            let signed = k.seal(br#"{"sha256":"aa","rows":[1,2,3],"x":0.5}"#, DocKind::Manifest).unwrap();
+            let mut edited = signed.clone();
+            let i = at % edited.len();
+            edited[i] = b;
+            let seal = seal_of(&edited, DocKind::Manifest);
+            if edited != signed {
+                let same = serde_json::from_slice::<Value>(&edited).ok()
+                    == serde_json::from_slice::<Value>(&signed).ok();
+                if !same {
+                    prop_assert!(!matches!(seal, Seal::Valid { .. }), "{}", String::from_utf8_lossy(&edited));
+                }
+            }
+        }
+    }
+}
