@@ -596,6 +596,12 @@ fn a_non_superuser_drill_role_cannot_escape_its_scratch_database() {
         let r = drill(&drill_url);
         r.expect_code(1);
         assert!(!happened(), "{what}: the drill role could");
+        // Refused by PostgreSQL at the hostile statement, not stopped by anything earlier.
+        assert!(
+            r.stderr.contains("permission denied") || r.stderr.contains("must be superuser"),
+            "{what}: {}",
+            r.stderr
+        );
         assert!(
             r.line("runs as superuser").is_none(),
             "no superuser warning for the drill role: {}",
