@@ -19,17 +19,17 @@ use crate::error::usage;
 use crate::gate::SuspectRecord;
 use crate::manifest::{self, Manifest};
 use crate::scope::{self, KeyScope, Scope};
+use crate::signing::{self, DocKind, Seal, Trust, TrustPolicy};
 use crate::storage::{ObjectInfo, Storage};
 use anyhow::{bail, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
-// A listing holds one entry per object, not millions: the backup variant's size is not
-// worth a box per record.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A catalog holds one entry per stored object, built once per scan: size is no concern.
+#[allow(clippy::large_enum_variant)]
 pub enum Kind {
     /// An object with this tool's manifest.
     Backup {
@@ -37,6 +37,10 @@ pub enum Kind {
         drill: Option<DrillRecord>,
         /// Held by the regression gate (see `gate.rs`).
         suspect: Option<SuspectRecord>,
+        /// The manifest's signature, checked against the key it names (see `signing.rs`).
+        seal: Seal,
+        /// The drill record's signature.
+        drill_seal: Option<Seal>,
     },
     /// `leaflock_backup_YYYYmmdd_HHMMSS.sql.gz.enc` from LeafLock's old script.
     Legacy,
@@ -94,11 +98,6 @@ impl Entry {
         }
     }
 
-    /// Its latest restore drill passed.
-    pub fn verified(&self) -> bool {
-        matches!(&self.kind, Kind::Backup { drill: Some(d), .. } if d.passed)
-    }
-
     /// A backup of this tool that retention, `latest` and the gate may rely on.
     pub fn is_sound_backup(&self) -> bool {
         self.manifest().is_some() && self.anomaly.is_none()
@@ -113,6 +112,9 @@ pub struct View {
     pub now: DateTime<Utc>,
     /// A manifest dated later than `now + tolerance` is an anomaly.
     pub tolerance: chrono::Duration,
+    /// Which signatures count (`--trusted-key`): `latest`, retention and the gate
+    /// count only what it counts.
+    pub trust: TrustPolicy,
 }
 
 /// Everything under a prefix, newest first, read for one view.
@@ -145,27 +147,31 @@ pub fn is_legacy(key: &str) -> bool {
     n.starts_with(manifest::OBJECT_STEM) && (n.ends_with(".sql.gz.enc") || n.ends_with(".sql.gz"))
 }
 
-/// A small JSON record beside a backup (drill, suspect); one that cannot be read or
-/// parsed is as good as none (and said so in the log).
+/// A small JSON record beside a backup (drill, suspect), with its bytes as read (for
+/// its signature); one that cannot be read or parsed, or that names another backup,
+/// is as good as none (and said so in the log).
 async fn companion<T: serde::de::DeserializeOwned>(
     storage: &dyn Storage,
     key: &str,
     object_key: &str,
     what: &str,
     present: &HashSet<&str>,
-) -> Option<T> {
+) -> Option<(T, bytes::Bytes)> {
     if !present.contains(key) {
         return None;
     }
-    let parsed = match storage.get_small(key).await {
-        Ok(d) => serde_json::from_slice::<serde_json::Value>(&d).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("{e:#}")),
+    let (raw, parsed) = match storage.get_small(key).await {
+        Ok(d) => {
+            let v = serde_json::from_slice::<serde_json::Value>(&d).map_err(|e| e.to_string());
+            (d, v)
+        }
+        Err(e) => (Default::default(), Err(format!("{e:#}"))),
     };
     let named_ok =
         |v: &serde_json::Value| v.get("object_key").and_then(|k| k.as_str()) == Some(object_key);
     match parsed {
         Ok(v) if named_ok(&v) => match serde_json::from_value(v) {
-            Ok(r) => Some(r),
+            Ok(r) => Some((r, raw)),
             Err(e) => {
                 tracing::warn!(key, error = %e, "ignoring the unreadable {what} {key}");
                 None
@@ -211,9 +217,12 @@ pub async fn scan(storage: &dyn Storage, prefix: &str, view: View) -> Result<Cat
             continue;
         }
         claimed.insert(&o.key);
-        let parsed = match storage.get_small(&o.key).await {
-            Ok(data) => Manifest::from_json(&data),
-            Err(e) => Err(format!("cannot read it: {e:#}")),
+        let (data, parsed) = match storage.get_small(&o.key).await {
+            Ok(data) => {
+                let parsed = Manifest::from_json(&data);
+                (data, parsed)
+            }
+            Err(e) => (Default::default(), Err(format!("cannot read it: {e:#}"))),
         };
         let m = match parsed.and_then(|m| check_place(prefix, &o.key, m)) {
             Ok(m) => m,
@@ -238,8 +247,20 @@ pub async fn scan(storage: &dyn Storage, prefix: &str, view: View) -> Result<Cat
                 claimed.insert(&k.key);
             }
         }
-        let drill = companion(storage, &dkey, &m.object_key, "drill record", &present).await;
-        let suspect = companion(storage, &skey, &m.object_key, "suspect record", &present).await;
+        let (drill, drill_seal) =
+            match companion::<DrillRecord>(storage, &dkey, &m.object_key, "drill record", &present)
+                .await
+            {
+                Some((rec, raw)) => (
+                    Some(rec),
+                    Some(signing::seal_of(&raw, DocKind::DrillRecord)),
+                ),
+                None => (None, None),
+            };
+        let suspect = companion(storage, &skey, &m.object_key, "suspect record", &present)
+            .await
+            .map(|(rec, _)| rec);
+        let seal = signing::seal_of(&data, DocKind::Manifest);
         entries.push(Entry {
             key: obj.key.clone(),
             time: Some(m.started_at),
@@ -252,6 +273,8 @@ pub async fn scan(storage: &dyn Storage, prefix: &str, view: View) -> Result<Cat
                 manifest: Box::new(m),
                 drill,
                 suspect,
+                seal,
+                drill_seal,
             },
         });
     }
@@ -339,7 +362,24 @@ impl Catalog {
             e.is_sound_backup()
                 && e.scope().as_ref() == Some(scope)
                 && e.unaccepted_suspect().is_none()
+                && self.counts(e)
         })
+    }
+
+    /// Whether the trust policy counts this entry's signature.
+    pub fn counts(&self, e: &Entry) -> bool {
+        self.view.trust.counts(&e.trust(&self.view.trust))
+    }
+
+    /// Its latest drill passed, credibly (see [`Entry::drill_verified`]).
+    pub fn verified(&self, e: &Entry) -> bool {
+        e.drill_verified(&self.view.trust)
+    }
+
+    /// The backups of the scope that the trust policy does not count (unsigned, badly
+    /// signed, signed by an untrusted key while trusted keys are configured).
+    pub fn untrusted(&self) -> Vec<&Entry> {
+        self.backups().filter(|e| !self.counts(e)).collect()
     }
 
     /// The entry a command names: `latest` (see the module doc) or a key as `list`
@@ -350,12 +390,25 @@ impl Catalog {
                 Some(s) => s.to_string(),
                 None => "any database".into(),
             };
-            return match self.entries.iter().find(|e| e.latest) {
-                Some(e) => Ok(e),
-                None => bail!(
-                    "there is no backup of database {scope} under this prefix that latest can name                      (`leaflock-backup list` shows what is there; anomalies and unaccepted suspects                      are never latest)"
-                ),
+            let skipped = self.untrusted();
+            let Some(chosen) = self.entries.iter().find(|e| e.latest) else {
+                let untrusted = match skipped.len() {
+                    0 => String::new(),
+                    n => {
+                        format!("; {n} backup(s) are not signed by a trusted key and were skipped")
+                    }
+                };
+                bail!(
+                    "there is no backup of database {scope} under this prefix that latest can name \
+                     (`leaflock-backup list` shows what is there; anomalies, unaccepted suspects \
+                     and untrusted backups are never latest){untrusted}"
+                );
             };
+            for s in skipped.iter().filter(|s| s.time > chosen.time) {
+                let what = s.trust(&self.view.trust).describe();
+                tracing::warn!(key = %s.key, signature = %what, "skipping {} for latest: it is {what}", s.key);
+            }
+            return Ok(chosen);
         }
         match self.entries.iter().find(|e| e.key == key) {
             Some(e) => {
@@ -376,10 +429,140 @@ impl Catalog {
     }
 }
 
+// Trust: what `signing.rs` decides, applied to entries. `latest` and retention count
+// only the backups the policy counts; the gate for one named backup is
+// `TrustPolicy::admit`.
+
+impl Entry {
+    /// Who signed this backup's manifest, as far as the policy can tell. Old-script
+    /// archives and debris have no signature.
+    pub fn trust(&self, policy: &TrustPolicy) -> Trust {
+        match &self.kind {
+            Kind::Backup { seal, .. } => policy.trust(seal),
+            _ => Trust::Unsigned,
+        }
+    }
+
+    /// Its latest drill passed, and the record says so credibly: it is about this very
+    /// object (key and sha256) and, when trusted keys are configured, signed by one.
+    pub fn drill_verified(&self, policy: &TrustPolicy) -> bool {
+        let Kind::Backup {
+            manifest,
+            drill: Some(d),
+            drill_seal,
+            ..
+        } = &self.kind
+        else {
+            return false;
+        };
+        let about_this = d.object_key == manifest.object_key
+            && d.sha256.as_deref().is_none_or(|s| s == manifest.sha256);
+        let credible = match drill_seal {
+            Some(seal) => policy.counts(&policy.trust(seal)),
+            None => !policy.enforced(),
+        };
+        d.passed && about_this && credible && (!policy.enforced() || d.sha256.is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signing::Signer25519;
     use chrono::TimeZone;
+
+    const MANIFEST: &str = r#"{"format_version":1,"tool":"leaflock-backup","tool_version":"0.1.0",
+      "run_id":"r","object_key":"b/leaflock_backup_20261125T020003Z.dump.gz","database":"notes",
+      "server_version":"15","server_version_num":150000,"pg_dump_version":"pg_dump 15",
+      "started_at":"2026-11-25T02:00:03Z","finished_at":"2026-11-25T02:00:04Z","duration_seconds":1.0,
+      "compression":{"algorithm":"gzip","level":6},"encryption":null,"uncompressed_bytes":10,
+      "stored_bytes":5,"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+      "snapshot":"s","tables":[]}"#;
+
+    fn record(sha256: &str) -> String {
+        format!(
+            r#"{{"format_version":1,"run_id":"d","object_key":"b/leaflock_backup_20261125T020003Z.dump.gz",
+              "started_at":"2026-11-25T03:00:00Z","finished_at":"2026-11-25T03:00:01Z","duration_seconds":1.0,
+              "passed":true,"failures":[],"server":"s","scratch_database":"x","scratch_database_kept":false,
+              "pg_restore_version":"15","tables_checked":0,"rows_checked":0,"checks_run":0,"sha256":"{sha256}"}}"#
+        )
+    }
+
+    fn entry(manifest: &[u8], drill: Option<&[u8]>) -> Entry {
+        let m = Manifest::from_json(manifest).unwrap();
+        Entry {
+            key: m.object_key.clone(),
+            time: Some(m.started_at),
+            size: 5,
+            database: Some(m.database.clone()),
+            instance: None,
+            anomaly: None,
+            latest: false,
+            kind: Kind::Backup {
+                manifest: Box::new(m),
+                drill: drill.map(|d| serde_json::from_slice(d).unwrap()),
+                suspect: None,
+                seal: signing::seal_of(manifest, DocKind::Manifest),
+                drill_seal: drill.map(|d| signing::seal_of(d, DocKind::DrillRecord)),
+            },
+        }
+    }
+
+    /// A catalog of `entries` for database notes, read with `trust`.
+    fn catalog(entries: Vec<Entry>, trust: TrustPolicy) -> Catalog {
+        let mut c = Catalog {
+            entries,
+            view: View {
+                scope: Some(Scope::new("notes", None)),
+                now: Utc::now(),
+                tolerance: chrono::Duration::seconds(300),
+                trust,
+            },
+        };
+        if let Some(i) = c.latest_index() {
+            c.entries[i].latest = true;
+        }
+        c
+    }
+
+    #[test]
+    fn a_drill_counts_as_verified_only_when_its_record_is_credible() {
+        let k = Signer25519::generate();
+        let strict = TrustPolicy {
+            keys: vec![k.public()],
+            allow_unsigned: None,
+        };
+        let open = TrustPolicy::default();
+        let m = k.seal(MANIFEST.as_bytes(), DocKind::Manifest).unwrap();
+        let good = record(&"a".repeat(64));
+        let signed = k.seal(good.as_bytes(), DocKind::DrillRecord).unwrap();
+        let e = entry(&m, Some(&signed));
+        assert_eq!(e.trust(&strict), Trust::Signed(k.public().fingerprint()));
+        assert!(e.drill_verified(&strict));
+        // An unsigned record (written by anyone) does not count once keys are trusted.
+        let e = entry(&m, Some(good.as_bytes()));
+        assert!(!e.drill_verified(&strict));
+        assert!(e.drill_verified(&open));
+        // A signed record about another object (another sha256) never counts.
+        let other = k
+            .seal(record(&"b".repeat(64)).as_bytes(), DocKind::DrillRecord)
+            .unwrap();
+        assert!(!entry(&m, Some(&other)).drill_verified(&strict));
+        assert!(!entry(&m, Some(&other)).drill_verified(&open));
+        // A record signed by another key does not count either.
+        let stranger = Signer25519::generate()
+            .seal(good.as_bytes(), DocKind::DrillRecord)
+            .unwrap();
+        assert!(!entry(&m, Some(&stranger)).drill_verified(&strict));
+        // An unsigned manifest is not counted for latest.
+        let unsigned = entry(MANIFEST.as_bytes(), None);
+        let c = catalog(vec![unsigned.clone()], strict);
+        assert_eq!(c.untrusted().len(), 1);
+        assert!(c.resolve("latest").is_err());
+        let c = catalog(vec![unsigned.clone()], open);
+        assert!(c.untrusted().is_empty());
+        assert_eq!(c.resolve("latest").unwrap().key, unsigned.key);
+    }
 
     #[test]
     fn times_from_both_naming_schemes() {

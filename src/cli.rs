@@ -51,6 +51,9 @@ pub enum Command {
     /// Print the next times a cron schedule fires (checks an expression the way `run
     /// --schedule` and the deployment files use it).
     NextRun(NextRunArgs),
+    /// Make an Ed25519 signing key pair: the private key (mode 0600) for
+    /// --signing-key-file, the public key (printed, and in FILE.pub) for --trusted-key.
+    Keygen(KeygenArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,6 +126,12 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+
+    #[command(flatten)]
+    pub signing: SigningArgs,
+
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -234,6 +243,9 @@ pub struct PruneArgs {
     )]
     pub accept_suspect: Vec<String>,
 
+    #[command(flatten)]
+    pub trust: TrustArgs,
+
     /// Print what would be deleted and why each kept backup stays; delete nothing.
     #[arg(long, env = "LEAFLOCK_BACKUP_DRY_RUN")]
     pub dry_run: bool,
@@ -285,6 +297,9 @@ pub struct ListArgs {
     /// List the backups of every database under the prefix, not only --database's.
     #[arg(long, env = "LEAFLOCK_BACKUP_LIST_ALL_DATABASES")]
     pub all_databases: bool,
+
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +313,12 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+
+    #[command(flatten)]
+    pub trust: TrustArgs,
+
+    #[command(flatten)]
+    pub allow: AllowUnsignedArgs,
 
     /// Refuse a backup that is not encrypted.
     #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
@@ -319,6 +340,12 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+
+    #[command(flatten)]
+    pub trust: TrustArgs,
+
+    #[command(flatten)]
+    pub allow: AllowUnsignedArgs,
 
     /// Refuse a backup that is not encrypted.
     #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
@@ -385,6 +412,12 @@ pub struct DrillCommandArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
 
+    #[command(flatten)]
+    pub trust: TrustArgs,
+
+    #[command(flatten)]
+    pub allow: AllowUnsignedArgs,
+
     /// Refuse a backup that is not encrypted.
     #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
     pub require_encryption: bool,
@@ -395,6 +428,9 @@ pub struct DrillCommandArgs {
 
     #[command(flatten)]
     pub drill: DrillArgs,
+
+    #[command(flatten)]
+    pub signing: SigningArgs,
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -728,4 +764,51 @@ pub struct MetricsArgs {
         value_name = "SECONDS"
     )]
     pub pushgateway_timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Signing")]
+pub struct SigningArgs {
+    /// Ed25519 private key (PKCS#8 PEM, from `leaflock-backup keygen` or `openssl genpkey
+    /// -algorithm ed25519`) that signs every manifest and drill record this run writes. Give it
+    /// as a file (a mounted Secret, a systemd credential); it never appears in a manifest, a log
+    /// or a child's environment. Unreadable or not a key: exit 2 before any work.
+    #[arg(long, env = "LEAFLOCK_BACKUP_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Signing")]
+pub struct TrustArgs {
+    /// Public key whose signatures are trusted: `ed25519:<base64>` as keygen prints it, or a file
+    /// holding it (repeatable; in the variable comma-separated). Keep a retired key listed as long
+    /// as its backups are kept. With at least one, only backups signed by a trusted key are
+    /// restored, drilled, verified, counted as `latest` and by retention; `run` also trusts its own
+    /// --signing-key-file.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_TRUSTED_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY|FILE"
+    )]
+    pub trusted_key: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Signing")]
+pub struct AllowUnsignedArgs {
+    /// Use this one backup although it is unsigned, badly signed or signed by an untrusted key
+    /// (an old unsigned backup, an archive of LeafLock's old script). Takes the backup's full key
+    /// as `list` prints it, never `latest`: the override is for one use, with a warning. Do not
+    /// set its variable in a deployment file.
+    #[arg(long, env = "LEAFLOCK_BACKUP_ALLOW_UNSIGNED", value_name = "KEY")]
+    pub allow_unsigned: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (created with mode 0600, never overwritten); the public key
+    /// goes to FILE.pub and to standard output.
+    #[arg(long, env = "LEAFLOCK_BACKUP_KEYGEN_OUT", value_name = "FILE")]
+    pub out: PathBuf,
 }

@@ -9,6 +9,7 @@
 
 use crate::catalog::View;
 use crate::scope::Scope;
+use crate::signing::TrustPolicy;
 use crate::storage::Storage;
 use chrono::{DateTime, Duration, Utc};
 
@@ -65,12 +66,14 @@ impl Clock {
         self.server.map_or(self.local, |s| s.max(self.local))
     }
 
-    /// A catalog view for `scope` (`None`: every database) at this time.
-    pub fn view(&self, scope: Option<Scope>) -> View {
+    /// A catalog view for `scope` (`None`: every database) at this time, counting the
+    /// signatures `trust` counts.
+    pub fn view(&self, scope: Option<Scope>, trust: TrustPolicy) -> View {
         View {
             scope,
             now: self.now(),
             tolerance: self.tolerance,
+            trust,
         }
     }
 }

@@ -7,8 +7,8 @@
 //! it can be tested without touching the process environment.
 
 use crate::cli::{
-    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, EncryptArgs, GateArgs, KeyArgs,
-    MetricsArgs, RetentionArgs, RunArgs, ScheduleArgs,
+    AllowUnsignedArgs, DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, EncryptArgs, GateArgs,
+    KeyArgs, MetricsArgs, RetentionArgs, RunArgs, ScheduleArgs, SigningArgs, TrustArgs,
 };
 use crate::conninfo::{ConnInfo, SslMode};
 use crate::crypto::{parse_recipients, Encryption, Keys};
@@ -18,6 +18,7 @@ use crate::gate::Thresholds;
 use crate::retention::{Policy, GDPR_DAYS};
 use crate::schedule::Schedule;
 use crate::scope::Scope;
+use crate::signing::{PublicKey, Signer25519, TrustPolicy};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +57,10 @@ pub struct RunConfig {
     pub clock_tolerance: Duration,
     /// `None` when the regression gate is off.
     pub gate: Option<Thresholds>,
+    /// Signs the manifest and the drill record (`--signing-key-file`).
+    pub signer: Option<std::sync::Arc<Signer25519>>,
+    /// What retention counts: `--trusted-key` plus the signer's own public key.
+    pub trust: TrustPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -791,6 +796,10 @@ pub fn resolve_drill(
         })?,
         None => source.conn.clone(),
     };
+    let on_source_server = args
+        .drill_database_url
+        .as_deref()
+        .is_none_or(|u| u.is_empty());
     let pg_restore = check_tool_path(
         args.pg_restore.as_deref(),
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
@@ -809,6 +818,7 @@ pub fn resolve_drill(
         connect_timeout: source.connect_timeout,
         keys,
         require_encryption,
+        on_source_server,
     })
 }
 
@@ -820,14 +830,24 @@ pub fn check_tool_path(p: Option<&std::path::Path>, what: &str) -> Result<Option
     }
 }
 
-/// The scope a command acts on: `--database` (for `run` it must be the dumped
-/// database, `dumped`), else the database of the connection settings, else `notes`;
-/// and `--instance`.
-pub fn resolve_scope(
-    args: &DestinationArgs,
-    dumped: Option<&str>,
-    env: EnvLookup,
-) -> Result<Scope> {
+/// Where a command's database name comes from when `--database` is not given.
+#[derive(Debug, Clone, Copy)]
+pub enum ScopeFrom<'a> {
+    /// `run`: the database it dumps; `--database`, if given, must name it.
+    Dumped(&'a str),
+    /// A command with connection settings (`prune`, `drill`): their database.
+    Connection(&'a str),
+    /// A command without them: the connection variables, else `notes`.
+    Environment,
+}
+
+/// The scope a command acts on: `--database`, else the database `from` says, and
+/// `--instance`.
+pub fn resolve_scope(args: &DestinationArgs, from: ScopeFrom, env: EnvLookup) -> Result<Scope> {
+    let dumped = match from {
+        ScopeFrom::Dumped(d) => Some(d),
+        _ => None,
+    };
     const DB: &str = "--database / LEAFLOCK_BACKUP_DATABASE";
     const INSTANCE: &str = "--instance / LEAFLOCK_BACKUP_INSTANCE";
     let given = args.database_name.as_deref().filter(|d| !d.is_empty());
@@ -839,7 +859,10 @@ pub fn resolve_scope(
         }
         (Some(g), _) => g.to_string(),
         (None, Some(d)) => d.to_string(),
-        (None, None) => connection_database_name(env),
+        (None, None) => match from {
+            ScopeFrom::Connection(d) => d.to_string(),
+            _ => connection_database_name(env),
+        },
     };
     if database.len() > 63 {
         return usage(format!(
@@ -918,6 +941,7 @@ pub fn resolve_gate(args: &GateArgs) -> Result<Option<Thresholds>> {
 
 pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     let database = resolve_database(&args.database, env)?;
+    let signer = resolve_signing(&args.signing)?;
     let keys = resolve_keys(&args.keys, env)?;
     let encryption = resolve_encryption(&args.encrypt, &args.keys, env)?;
     let drill = if args.restore_drill {
@@ -930,7 +954,11 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     } else {
         None
     };
-    let scope = resolve_scope(&args.destination, Some(&database.conn.dbname), env)?;
+    let scope = resolve_scope(
+        &args.destination,
+        ScopeFrom::Dumped(&database.conn.dbname),
+        env,
+    )?;
     Ok(RunConfig {
         scope,
         clock_tolerance: resolve_clock_tolerance(&args.destination)?,
@@ -945,6 +973,56 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
         compress_threads: resolve_compress_threads(&args.dump)?,
         metrics: resolve_metrics(&args.metrics)?,
         schedule: resolve_schedule(&args.schedule, env)?,
+        trust: resolve_trust(&args.trust, None, signer.as_deref())?,
+        signer,
+    })
+}
+
+/// `--signing-key-file`: read and parsed now, so a missing or unreadable key fails
+/// before any work (exit 2).
+pub fn resolve_signing(args: &SigningArgs) -> Result<Option<std::sync::Arc<Signer25519>>> {
+    let Some(path) = args.signing_key_file.as_deref() else {
+        return Ok(None);
+    };
+    match Signer25519::load(path) {
+        Ok(k) => Ok(Some(std::sync::Arc::new(k))),
+        Err(e) => usage(format!(
+            "--signing-key-file / LEAFLOCK_BACKUP_SIGNING_KEY_FILE: {e}"
+        )),
+    }
+}
+
+/// `--trusted-key` (plus `own`, the public half of this command's signing key) and
+/// `--allow-unsigned`.
+pub fn resolve_trust(
+    args: &TrustArgs,
+    allow: Option<&AllowUnsignedArgs>,
+    own: Option<&Signer25519>,
+) -> Result<TrustPolicy> {
+    let mut keys = Vec::new();
+    for k in args.trusted_key.iter().filter(|k| !k.trim().is_empty()) {
+        match PublicKey::from_arg(k) {
+            Ok(p) => keys.push(p),
+            Err(e) => return usage(format!("--trusted-key / LEAFLOCK_BACKUP_TRUSTED_KEYS: {e}")),
+        }
+    }
+    if let Some(own) = own {
+        if !keys.contains(&own.public()) {
+            keys.push(own.public());
+        }
+    }
+    let allow_unsigned = allow
+        .and_then(|a| a.allow_unsigned.clone())
+        .filter(|k| !k.is_empty());
+    if allow_unsigned.as_deref() == Some("latest") {
+        return usage(
+            "--allow-unsigned / LEAFLOCK_BACKUP_ALLOW_UNSIGNED: name the backup's full key as `list` prints it; \
+             `latest` is never taken on trust",
+        );
+    }
+    Ok(TrustPolicy {
+        keys,
+        allow_unsigned,
     })
 }
 

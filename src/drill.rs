@@ -44,6 +44,10 @@ pub struct DrillRecord {
     pub tables_checked: usize,
     pub rows_checked: i64,
     pub checks_run: usize,
+    /// sha256 of the object drilled (from its manifest): binds the record to that
+    /// backup, so a signed record cannot vouch for another object at the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +61,8 @@ pub struct DrillOptions {
     /// Decrypts encrypted backups.
     pub keys: Keys,
     pub require_encryption: bool,
+    /// The scratch database goes to the source server (no `--drill-database-url`).
+    pub on_source_server: bool,
 }
 
 /// `leaflock_drill_<run id>`, lowercased to a plain identifier.
@@ -102,6 +108,7 @@ pub async fn drill(
         tables_checked: 0,
         rows_checked: 0,
         checks_run: 0,
+        sha256: Some(manifest.sha256.clone()),
     };
     tracing::info!(
         key = %manifest.object_key,
@@ -114,6 +121,7 @@ pub async fn drill(
         Ok(c) => c,
         Err(e) => return finish(rec, clock, vec![format!("{e:#}")]),
     };
+    warn_if_superuser(&admin, "restore drill", opts.on_source_server).await;
     if let Err(e) = admin
         .batch_execute(&format!(
             "CREATE DATABASE {} TEMPLATE template0",
@@ -151,6 +159,39 @@ pub async fn drill(
         }
     }
     finish(rec, clock, failures)
+}
+
+/// Least privilege: pg_restore runs the archive's SQL with the privileges of the role
+/// it connects as. A superuser can be made to create roles, read any database or file,
+/// and run shell commands (`COPY ... TO PROGRAM`) by a hostile archive; a dedicated
+/// role with CREATEDB only (owner of the scratch databases, nothing else) cannot.
+pub async fn warn_if_superuser(client: &tokio_postgres::Client, what: &str, source: bool) {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await;
+    let Ok(row) = row else { return };
+    let (user, superuser): (String, bool) = (row.get(0), row.get(1));
+    if !superuser {
+        return;
+    }
+    if source {
+        tracing::warn!(
+            role = %user,
+            "the {what} runs as superuser {user} on the source server: an archive planted in the \
+             destination would run with every privilege on production (create roles, read every \
+             database, run shell commands with COPY ... PROGRAM). Use a dedicated non-superuser drill \
+             role with CREATEDB on a separate server (--drill-database-url), and --trusted-key"
+        );
+    } else {
+        tracing::warn!(
+            role = %user,
+            "the {what} runs as superuser {user}: a hostile archive would run with every privilege on \
+             that server; a non-superuser role (CREATEDB, or owner of the target database) is enough"
+        );
+    }
 }
 
 fn finish(mut rec: DrillRecord, clock: Instant, failures: Vec<String>) -> DrillRecord {

@@ -119,16 +119,19 @@ pub fn compare(new: &Manifest, reference: &Manifest, t: &Thresholds) -> Vec<Stri
 }
 
 /// The backup a new one is compared with: the newest backup of the catalog's scope
-/// whose drill passed, else the newest one; never `new_key` itself, an anomaly or a
-/// suspect nobody accepted.
+/// whose drill passed, else the newest one; never `new_key` itself, an anomaly, a
+/// suspect nobody accepted, or a backup the trust policy does not count.
 pub fn reference<'a>(catalog: &'a Catalog, new_key: &str) -> Option<&'a Entry> {
     let eligible = || {
         catalog.backups().filter(move |e| {
-            e.key != new_key && e.is_sound_backup() && e.unaccepted_suspect().is_none()
+            e.key != new_key
+                && e.is_sound_backup()
+                && e.unaccepted_suspect().is_none()
+                && catalog.counts(e)
         })
     };
     eligible()
-        .find(|e| e.verified())
+        .find(|e| catalog.verified(e))
         .or_else(|| eligible().next())
 }
 

@@ -29,6 +29,7 @@ mod retention;
 mod schedule;
 mod scope;
 mod signals;
+mod signing;
 mod storage;
 
 use clap::Parser;
@@ -59,6 +60,7 @@ fn main() {
             cli::Command::Drill(args) => commands::drill::execute(args).await,
             cli::Command::Prune(args) => commands::prune::execute(args).await,
             cli::Command::Schedule(args) => commands::schedule::execute(args, term).await,
+            cli::Command::Keygen(args) => commands::keygen::execute(args),
         }
     });
     let code = match result {

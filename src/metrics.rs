@@ -39,6 +39,7 @@ pub const FUTURE_DATED_BACKUPS: &str = "leaflock_backup_future_dated_backups";
 pub const DRILLS_TOTAL: &str = "leaflock_restore_drills_total";
 pub const DRILL_DURATION: &str = "leaflock_restore_drill_duration_seconds";
 pub const DRILL_LAST_SUCCESS: &str = "leaflock_restore_drill_last_success_timestamp_seconds";
+pub const UNTRUSTED_BACKUPS: &str = "leaflock_backup_untrusted_backups";
 
 /// A cumulative histogram over [`DURATION_BUCKETS`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,6 +80,9 @@ pub struct GroupState {
     pub drills_failure: f64,
     pub drill_duration: Hist,
     pub drill_last_success: Option<f64>,
+    /// Backups under the prefix not signed by a trusted key, at the last run that
+    /// checked (only pushed when trusted keys are configured).
+    pub untrusted_backups: Option<f64>,
 }
 
 /// What one backup run contributes.
@@ -100,6 +104,8 @@ pub struct BackupOutcome {
 pub struct CatalogFigures {
     pub suspect: usize,
     pub future_dated: usize,
+    /// Backups the trust policy does not count, when trusted keys are configured.
+    pub untrusted: Option<usize>,
 }
 
 /// What one restore drill contributes.
@@ -180,6 +186,7 @@ impl GroupState {
             suspect_backups: plain_value(g, SUSPECT_BACKUPS),
             future_dated_backups: plain_value(g, FUTURE_DATED_BACKUPS),
             drill_last_success: plain_value(g, DRILL_LAST_SUCCESS),
+            untrusted_backups: plain_value(g, UNTRUSTED_BACKUPS),
             ..Default::default()
         };
         s.duration = hist_value(g, BACKUP_DURATION).unwrap_or_default();
@@ -207,7 +214,7 @@ impl GroupState {
                 vec![histogram(&self.duration)],
             ),
         ];
-        let gauges: [(&str, &str, Option<f64>); 9] = [
+        let gauges: [(&str, &str, Option<f64>); 10] = [
             (
                 BACKUP_SIZE,
                 "Stored bytes of the last successful backup.",
@@ -252,6 +259,12 @@ impl GroupState {
                 FUTURE_DATED_BACKUPS,
                 "Backups whose manifest is dated in the future beyond the clock tolerance (never latest, never decide retention).",
                 self.future_dated_backups,
+            ),
+            (
+                UNTRUSTED_BACKUPS,
+                "Backups under the prefix that are unsigned, badly signed or signed by an untrusted key, \
+                 skipped by latest and retention (last run that checked).",
+                self.untrusted_backups,
             ),
         ];
         for (name, help, v) in gauges {
@@ -478,13 +491,14 @@ impl Pushgateway {
         Ok(())
     }
 
-    /// Read back, add this run's backup and/or drill, push. `database` is the grouping
-    /// label value.
+    /// Read back, add this run's backup and/or drill (and the count of untrusted
+    /// backups, when checked), push. `database` is the grouping label value.
     pub async fn push(
         &self,
         database: &str,
         backup: Option<&BackupOutcome>,
         drill: Option<&DrillOutcome>,
+        untrusted: Option<usize>,
     ) -> Result<PushReport> {
         let (mut state, cumulative) = match self.read(database).await {
             Ok(s) => (s.unwrap_or_default(), true),
@@ -502,6 +516,9 @@ impl Pushgateway {
         }
         if let Some(d) = drill {
             state.add_drill(d);
+        }
+        if let Some(n) = untrusted {
+            state.untrusted_backups = Some(n as f64);
         }
         self.put(database, &state).await?;
         Ok(PushReport { cumulative, state })

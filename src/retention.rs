@@ -220,7 +220,12 @@ pub async fn apply(
         tracing::warn!(key = %e.key, anomaly = ?e.anomaly, "not a retention candidate: {} ({})",
             e.key, e.anomaly.as_deref().unwrap_or_default());
     }
-    let sound: Vec<&catalog::Entry> = catalog.backups().filter(|e| e.is_sound_backup()).collect();
+    // Sound backups the trust policy counts; the others are judged apart
+    // (`untrusted_decisions`).
+    let sound: Vec<&catalog::Entry> = catalog
+        .backups()
+        .filter(|e| e.is_sound_backup() && catalog.counts(e))
+        .collect();
     if let Some(newest) = sound.first() {
         if let Some(s) = newest.unaccepted_suspect() {
             return Err(Refused(format!(
@@ -239,11 +244,17 @@ pub async fn apply(
             Some(Candidate {
                 key: e.key.clone(),
                 time: e.manifest()?.started_at,
-                verified: e.verified(),
+                verified: catalog.verified(e),
             })
         })
         .collect();
     let mut decisions = plan(&candidates, policy, clock.now());
+    decisions.extend(untrusted_decisions(
+        catalog,
+        &candidates,
+        policy,
+        clock.now(),
+    ));
     for d in &mut decisions {
         if Some(d.key.as_str()) == own {
             d.reasons.push("made by this run".into());
@@ -295,6 +306,56 @@ pub async fn apply(
         out.deleted += 1;
     }
     Ok(out)
+}
+
+/// Backups the trust policy does not count (see `signing.rs`): they never fill a keep
+/// rule nor count as the newest or the verified backup, so a planted or unsigned
+/// backup cannot push a validly signed one out. They are kept, with a warning, until
+/// the hard age limit (`--max-age`, read from the object's own name, not from the
+/// unsigned manifest) — and even then only when nothing they would delete (object,
+/// manifest, drill record: the same stem) belongs to a counted backup.
+fn untrusted_decisions(
+    catalog: &Catalog,
+    counted: &[Candidate],
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
+    let trust = &catalog.view.trust;
+    catalog
+        .untrusted()
+        .into_iter()
+        // Anomalies are never deleted by a policy.
+        .filter(|e| e.anomaly.is_none())
+        .map(|e| {
+            let named_time = catalog::time_from_name(&e.key);
+            let shares_stem = counted
+                .iter()
+                .any(|c| manifest::stem(&c.key) == manifest::stem(&e.key));
+            let expired = match (policy.max_age_days, named_time) {
+                (Some(days), Some(t)) => now - t > Duration::days(days as i64),
+                _ => false,
+            };
+            let what = e.trust(trust).describe();
+            tracing::warn!(
+                key = %e.key,
+                signature = %what,
+                "{} is {what}: retention does not count it (it cannot keep or push out a signed backup)",
+                e.key
+            );
+            let reasons = if expired && !shares_stem {
+                Vec::new()
+            } else if shares_stem {
+                vec![format!("{what}, beside a trusted backup of the same name")]
+            } else {
+                vec![format!("{what}: never counted, kept until --max-age")]
+            };
+            Decision {
+                key: e.key.clone(),
+                time: named_time.or(e.time).unwrap_or(now),
+                reasons,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -298,6 +298,16 @@ fn systemd_service_is_hardened_to_an_exposure_of_2_or_less() {
         Some("%S/leaflock-backup"),
         "local backups go to the StateDirectory"
     );
+    // The signing key is a credential (a file in the service's private credentials
+    // directory), never a variable's value.
+    assert_eq!(
+        one(&unit, "LoadCredential"),
+        "signing-key:/etc/leaflock-backup/signing.key"
+    );
+    assert_eq!(
+        unit_env(&unit, "LEAFLOCK_BACKUP_SIGNING_KEY_FILE").as_deref(),
+        Some("%d/signing-key")
+    );
 }
 
 #[test]
@@ -720,6 +730,41 @@ fn cronjob_pods_are_locked_down_and_bounded() {
                 assert!(secret_keys.contains(k), "{file}: key {k} not in the Secret");
             }
         }
+        // The signing key: a file mounted read-only from the Secret, never a variable.
+        let key_file = s(
+            env.get("LEAFLOCK_BACKUP_SIGNING_KEY_FILE")
+                .unwrap_or_else(|| panic!("{file}: LEAFLOCK_BACKUP_SIGNING_KEY_FILE")),
+            "value",
+        )
+        .to_string();
+        let mount = at(c, "volumeMounts")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| key_file.starts_with(&format!("{}/", s(m, "mountPath"))))
+            .unwrap_or_else(|| panic!("{file}: {key_file} is mounted"));
+        assert!(b(mount, "readOnly"), "{file}: key mounted read-only");
+        let vol = at(pod, "volumes")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| s(v, "name") == s(mount, "name"))
+            .expect("the signing key's volume");
+        assert_eq!(s(vol, "secret.secretName"), secret_name, "{file}");
+        assert_eq!(s(vol, "secret.items.0.key"), "signing-key", "{file}");
+        assert!(
+            secret_keys.contains("signing-key"),
+            "signing-key in the Secret"
+        );
+        assert_eq!(
+            format!(
+                "{}/{}",
+                s(mount, "mountPath"),
+                s(vol, "secret.items.0.path")
+            ),
+            key_file,
+            "{file}"
+        );
         let args: Vec<&str> = at(c, "args")
             .as_sequence()
             .unwrap()
@@ -852,7 +897,7 @@ fn alert_rules_pass_promtool_firing_and_silent_for_every_alert() {
 
     // Each alert is shown firing at least once and silent at least once.
     let alerts = alert_names(&yaml("monitoring/alerts.yml"));
-    assert_eq!(alerts.len(), 12, "{alerts:?}");
+    assert_eq!(alerts.len(), 13, "{alerts:?}");
     let tests = yaml("monitoring/alerts.test.yml");
     let mut firing = BTreeSet::new();
     let mut silent = BTreeSet::new();
@@ -1214,10 +1259,10 @@ fn prometheus_scrapes_real_runs_and_alerts_and_dashboard_work_on_them() {
                 .iter()
                 .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
                 .collect();
-            (rules.len() == 12 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+            (rules.len() == 13 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
         },
     );
-    assert_eq!(rules_ok.len(), 12);
+    assert_eq!(rules_ok.len(), 13);
     // Healthy runs: no alert for this database.
     prom.wait_value(
         &format!("count(ALERTS{{database=\"{name}\"}}) or vector(0)"),

@@ -9,7 +9,7 @@ use crate::commands::read_catalog;
 use crate::commands::run::{new_run_id, push_metrics, record_drill};
 use crate::config::{
     process_env, resolve_clock_tolerance, resolve_database, resolve_destination, resolve_drill,
-    resolve_keys, resolve_metrics, resolve_scope,
+    resolve_keys, resolve_metrics, resolve_scope, resolve_signing, resolve_trust, ScopeFrom,
 };
 use crate::metrics::DrillOutcome;
 use crate::signals::Cancel;
@@ -23,13 +23,20 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
     let keys = resolve_keys(&args.keys, &process_env)?;
     let opts = resolve_drill(&args.drill, &database, keys, args.require_encryption)?;
     let metrics = resolve_metrics(&args.metrics)?;
-    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let signer = resolve_signing(&args.signing)?;
+    let trust = resolve_trust(&args.trust, Some(&args.allow), signer.as_deref())?;
+    let scope = resolve_scope(
+        &args.destination,
+        ScopeFrom::Connection(&database.conn.dbname),
+        &process_env,
+    )?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
     let run_id = new_run_id(Utc::now());
     logging::set_run_id(&run_id);
     let cancel = Cancel::install().context("cannot install signal handlers")?;
 
-    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance).await?;
+    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance, &trust).await?;
+    let untrusted = trust.enforced().then(|| catalog.untrusted().len());
     let entry = catalog.resolve(&args.key)?;
     let Kind::Backup { manifest, .. } = &entry.kind else {
         bail!(
@@ -37,8 +44,9 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
             entry.key
         );
     };
+    trust.admit(&entry.key, &entry.trust(&trust), "drill")?;
     let mut rec = drill::drill(storage.as_ref(), manifest, &opts, &run_id, &cancel).await;
-    record_drill(storage.as_ref(), &mut rec).await;
+    record_drill(storage.as_ref(), &mut rec, signer.as_deref()).await;
     if let Some(m) = &metrics {
         let label = m
             .database_label
@@ -49,7 +57,7 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
             finished_at: rec.finished_at,
             duration_seconds: rec.duration_seconds,
         };
-        push_metrics(m, &label, None, Some(&outcome)).await;
+        push_metrics(m, &label, None, Some(&outcome), untrusted).await;
     }
     if rec.passed {
         Ok(())

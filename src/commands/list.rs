@@ -6,19 +6,33 @@
 use crate::catalog::{Entry, Kind};
 use crate::cli::ListArgs;
 use crate::commands::read_catalog;
-use crate::config::{process_env, resolve_clock_tolerance, resolve_destination, resolve_scope};
+use crate::config::{
+    process_env, resolve_clock_tolerance, resolve_destination, resolve_scope, resolve_trust,
+    ScopeFrom,
+};
 use crate::progress::human_bytes;
+use crate::signing::TrustPolicy;
 use anyhow::Result;
 
 pub async fn execute(args: &ListArgs) -> Result<()> {
     let dest = resolve_destination(&args.destination, &process_env)?;
-    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
+    let trust = resolve_trust(&args.trust, None, None)?;
     let view = (!args.all_databases).then(|| scope.clone());
-    let (storage, _, catalog) = read_catalog(&dest, view, tolerance).await?;
+    let (storage, _, catalog) = read_catalog(&dest, view, tolerance, &trust).await?;
     let entries: Vec<&Entry> = catalog.visible().collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        // Each entry as scanned, plus `trust`: its signature judged by --trusted-key.
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let mut v = serde_json::to_value(e)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("trust".into(), e.trust(&trust).to_json());
+            }
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if entries.is_empty() {
@@ -32,22 +46,23 @@ pub async fn execute(args: &ListArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20}  {:<12}  {:>10}  {:<8}  {:<10}  {:<13}  KEY",
-        "TIME (UTC)", "DATABASE", "SIZE", "COMPRESS", "ENCRYPTION", "STATUS"
+        "{:<20}  {:<12}  {:>10}  {:<8}  {:<10}  {:<13}  {:<25}  KEY",
+        "TIME (UTC)", "DATABASE", "SIZE", "COMPRESS", "ENCRYPTION", "STATUS", "SIGNATURE"
     );
     for e in &entries {
-        println!("{}", row(e));
+        println!("{}", row(e, &trust));
     }
     Ok(())
 }
 
 /// What the STATUS column says: the drill outcome, or what is wrong.
-fn status(e: &Entry) -> String {
+fn status(e: &Entry, trust: &TrustPolicy) -> String {
     let mut s = match &e.kind {
         Kind::Backup { drill, suspect, .. } => {
             let mut s = match drill {
                 None => "never drilled".to_string(),
-                Some(d) if d.passed => "drill passed".to_string(),
+                Some(d) if d.passed && e.drill_verified(trust) => "drill passed".to_string(),
+                Some(d) if d.passed => "drill NOT COUNTED".to_string(),
                 Some(_) => "DRILL FAILED".to_string(),
             };
             match suspect {
@@ -72,7 +87,7 @@ fn status(e: &Entry) -> String {
     s
 }
 
-fn row(e: &Entry) -> String {
+fn row(e: &Entry, trust: &TrustPolicy) -> String {
     let time = e
         .time
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -97,10 +112,14 @@ fn row(e: &Entry) -> String {
         Kind::Legacy => ("gzip".into(), "openssl".into()),
         _ => ("-".into(), "-".into()),
     };
+    let signature = match &e.kind {
+        Kind::Backup { .. } | Kind::Legacy => e.trust(trust).column(),
+        _ => "-".into(),
+    };
     format!(
-        "{time:<20}  {db:<12}  {:>10}  {comp:<8}  {enc:<10}  {:<13}  {}",
+        "{time:<20}  {db:<12}  {:>10}  {comp:<8}  {enc:<10}  {:<13}  {signature:<25}  {}",
         human_bytes(e.size),
-        status(e),
+        status(e, trust),
         e.key
     )
 }

@@ -9,7 +9,7 @@ use crate::commands::read_catalog;
 use crate::commands::run::new_run_id;
 use crate::config::{
     process_env, resolve_clock_tolerance, resolve_database, resolve_destination,
-    resolve_orphan_grace, resolve_retention, resolve_scope,
+    resolve_orphan_grace, resolve_retention, resolve_scope, resolve_trust, ScopeFrom,
 };
 use crate::error::usage;
 use crate::retention::Refused;
@@ -28,8 +28,13 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
     }
     let grace = resolve_orphan_grace(&args.retention)?;
     let database = resolve_database(&args.database, &process_env)?;
-    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let scope = resolve_scope(
+        &args.destination,
+        ScopeFrom::Connection(&database.conn.dbname),
+        &process_env,
+    )?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
+    let trust = resolve_trust(&args.trust, None, None)?;
     let run_id = new_run_id(Utc::now());
     logging::set_run_id(&run_id);
 
@@ -43,7 +48,8 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
     )
     .await?;
 
-    let (storage, clock, mut catalog) = read_catalog(&dest, Some(scope.clone()), tolerance).await?;
+    let (storage, clock, mut catalog) =
+        read_catalog(&dest, Some(scope.clone()), tolerance, &trust).await?;
     if !args.accept_suspect.is_empty() {
         for key in &args.accept_suspect {
             let entry = catalog.resolve(key)?;
@@ -73,7 +79,7 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
         catalog = catalog::scan(
             storage.as_ref(),
             dest.prefix(),
-            clock.view(Some(scope.clone())),
+            clock.view(Some(scope.clone()), trust.clone()),
         )
         .await?;
     }

@@ -13,7 +13,7 @@ use crate::cli::RestoreArgs;
 use crate::commands::read_catalog;
 use crate::config::{
     check_tool_path, process_env, resolve_clock_tolerance, resolve_destination, resolve_keys,
-    resolve_scope,
+    resolve_scope, resolve_trust, ScopeFrom,
 };
 use crate::conninfo::ConnInfo;
 use crate::database;
@@ -53,12 +53,13 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         args.pg_restore.as_deref(),
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
+    let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
     let cancel = Cancel::install().context("cannot install signal handlers")?;
     let timeout = Duration::from_secs(args.connect_timeout.max(1));
 
-    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
-    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance).await?;
+    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance, &trust).await?;
     let entry = catalog.resolve(&args.key)?;
     let keys = resolve_keys(&args.keys, &process_env)?;
     let manifest = match &entry.kind {
@@ -66,6 +67,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         Kind::Legacy => None,
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
     };
+    trust.admit(&entry.key, &entry.trust(&trust), "restore")?;
     let legacy_key = match manifest {
         Some(_) => None,
         None => match keys.passphrase() {
@@ -92,6 +94,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         .await
         .context("cannot inspect the target database")?
         .get(0);
+    crate::drill::warn_if_superuser(&client, "restore", false).await;
     drop(client);
     if tables > 0 && !args.clean {
         return usage(format!(

@@ -111,7 +111,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
                 cancel,
             )
             .await;
-            record_drill(summary.storage.as_ref(), &mut rec).await;
+            record_drill(summary.storage.as_ref(), &mut rec, cfg.signer.as_deref()).await;
             Some(rec)
         }
         _ => None,
@@ -144,7 +144,8 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
             finished_at: d.finished_at,
             duration_seconds: d.duration_seconds,
         });
-        push_metrics(mcfg, &label, Some(&backup), drill.as_ref()).await;
+        let untrusted = figures.and_then(|f| f.untrusted);
+        push_metrics(mcfg, &label, Some(&backup), drill.as_ref(), untrusted).await;
     }
 
     result?;
@@ -174,7 +175,8 @@ async fn settle(
     let storage = summary.storage.as_ref();
     let prefix = cfg.destination.prefix();
     let clock = Clock::read(storage, cfg.clock_tolerance).await;
-    let catalog = match catalog::scan(storage, prefix, clock.view(Some(cfg.scope.clone()))).await {
+    let view = clock.view(Some(cfg.scope.clone()), cfg.trust.clone());
+    let catalog = match catalog::scan(storage, prefix, view).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(
@@ -190,6 +192,7 @@ async fn settle(
             .filter(|e| e.unaccepted_suspect().is_some())
             .count(),
         future_dated: catalog.backups().filter(|e| e.anomaly.is_some()).count(),
+        untrusted: cfg.trust.enforced().then(|| catalog.untrusted().len()),
     };
     let suspect = match &cfg.gate {
         None => None,
@@ -277,9 +280,18 @@ fn log_summary(summary: &Summary, duration: f64) {
 /// record cannot be written is not on record as verified (`list` and retention cannot
 /// see it), so it counts as failed: the run says so instead of claiming a verified
 /// backup that nothing shows.
-pub async fn record_drill(storage: &dyn Storage, rec: &mut DrillRecord) {
+pub async fn record_drill(
+    storage: &dyn Storage,
+    rec: &mut DrillRecord,
+    signer: Option<&crate::signing::Signer25519>,
+) {
     let key = manifest::drill_key(&rec.object_key);
-    let json = serde_json::to_vec_pretty(&*rec).expect("drill record serialises");
+    let mut json = serde_json::to_vec_pretty(&*rec).expect("drill record serialises");
+    if let Some(signer) = signer {
+        json = signer
+            .seal(&json, crate::signing::DocKind::DrillRecord)
+            .expect("a drill record is a JSON object");
+    }
     if let Err(e) = storage.put_small(&key, Bytes::from(json), true).await {
         let why = format!("could not write the drill record {key}: {e:#}");
         tracing::error!(key, error = format!("{e:#}"), "{why}");
@@ -317,9 +329,10 @@ pub async fn push_metrics(
     label: &str,
     backup: Option<&BackupOutcome>,
     drill: Option<&DrillOutcome>,
+    untrusted: Option<usize>,
 ) {
     let result = match Pushgateway::new(mcfg) {
-        Ok(pg) => pg.push(label, backup, drill).await,
+        Ok(pg) => pg.push(label, backup, drill, untrusted).await,
         Err(e) => Err(e),
     };
     match result {
@@ -551,8 +564,20 @@ async fn backup(
         extensions: snap.extensions,
         indexes: snap.indexes,
     };
+    // Signed when a signing key is configured: the signature covers the whole
+    // manifest, the object's sha256 included.
+    let manifest_json = match cfg.signer.as_deref() {
+        None => manifest.to_json(),
+        Some(signer) => match signer.seal(&manifest.to_json(), crate::signing::DocKind::Manifest) {
+            Ok(j) => j,
+            Err(e) => {
+                remove_orphan(storage.as_ref(), &object_key).await;
+                return Err(e.context("commit"));
+            }
+        },
+    };
     if let Err(e) = storage
-        .put_small(&manifest_key, Bytes::from(manifest.to_json()), false)
+        .put_small(&manifest_key, Bytes::from(manifest_json), false)
         .await
     {
         remove_orphan(storage.as_ref(), &object_key).await;

@@ -8,7 +8,7 @@ use crate::cli::VerifyArgs;
 use crate::commands::read_catalog;
 use crate::config::{
     check_tool_path, process_env, resolve_clock_tolerance, resolve_destination, resolve_keys,
-    resolve_scope,
+    resolve_scope, resolve_trust, ScopeFrom,
 };
 use crate::pgtool;
 use crate::readback;
@@ -22,9 +22,10 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
     let keys = resolve_keys(&args.keys, &process_env)?;
-    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
-    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance).await?;
+    let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
+    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance, &trust).await?;
     let entry = catalog.resolve(&args.key)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => manifest,
@@ -34,6 +35,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         ),
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
     };
+    trust.admit(&entry.key, &entry.trust(&trust), "verify")?;
     let decode = readback::Decode::for_manifest(manifest, &keys, args.require_encryption)?;
     let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
     let tool = pgtool::select("pg_restore", explicit.as_deref(), major)?;
@@ -65,8 +67,11 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
     println!(
-        "OK {} sha256={} bytes={}",
-        entry.key, fed.sha256, fed.stored_bytes
+        "OK {} sha256={} bytes={} {}",
+        entry.key,
+        fed.sha256,
+        fed.stored_bytes,
+        entry.trust(&trust).describe()
     );
     Ok(())
 }

@@ -234,6 +234,15 @@ fn prefix_databases() -> &'static std::sync::Mutex<HashMap<String, String>> {
     M.get_or_init(Default::default)
 }
 
+/// Make [`s3_cmd`] act on `db` under `prefix` (when a test backs up several
+/// databases under one prefix).
+pub fn use_database(prefix: &str, db: &str) {
+    prefix_databases()
+        .lock()
+        .unwrap()
+        .insert(prefix.to_string(), db.to_string());
+}
+
 /// The database a PostgreSQL URL names.
 pub fn url_dbname(url: &str) -> String {
     let path = url.rsplit('/').next().unwrap_or_default();
