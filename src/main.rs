@@ -32,8 +32,11 @@ use clap::Parser;
 use std::time::Duration;
 
 fn main() {
+    let clock = std::time::Instant::now();
     let cli = cli::Cli::parse();
     let term = logging::init(&cli.log);
+    // Every command's lines share a request id; `run` and `schedule` set one per run.
+    logging::set_run_id(&commands::run::new_run_id(chrono::Utc::now()));
     pipeline::return_freed_buffers_to_the_os();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,7 +77,12 @@ fn main() {
                     _ => "failed",
                 },
             };
-            tracing::error!(error = format!("{e:#}"), exit_code = code, "{what}: {e:#}");
+            tracing::error!(
+                error = format!("{e:#}"),
+                exit_code = code,
+                duration_seconds = commands::run::seconds(clock),
+                "{what}: {e:#}"
+            );
             code
         }
     };

@@ -17,6 +17,7 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
         );
     };
     let grace = resolve_orphan_grace(&args.retention)?;
+    let clock = std::time::Instant::now();
     let storage = storage::open(&dest).await?;
     let swept = debris::sweep(storage.as_ref(), dest.prefix(), grace, args.dry_run).await?;
     let (kept, deleted) =
@@ -27,6 +28,7 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
         debris_uploads = swept.uploads,
         debris_objects = swept.objects,
         dry_run = args.dry_run,
+        duration_seconds = crate::commands::run::seconds(clock),
         "{}: {kept} kept, {deleted} {}",
         if args.dry_run { "dry run" } else { "pruned" },
         if args.dry_run {

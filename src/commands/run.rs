@@ -111,6 +111,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
 
     // Retention only after a verified success: a failed run (or drill) deletes nothing.
     if let (Ok(summary), Some(policy), false) = (&result, &cfg.retention, drill_failed) {
+        let retention_clock = Instant::now();
         match retention::apply(
             summary.storage.as_ref(),
             cfg.destination.prefix(),
@@ -123,11 +124,13 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
                 tracing::info!(
                     kept,
                     deleted,
+                    duration_seconds = seconds(retention_clock),
                     "retention applied: {kept} kept, {deleted} deleted"
                 )
             }
             Err(e) => tracing::error!(
                 error = format!("{e:#}"),
+                duration_seconds = seconds(retention_clock),
                 "retention failed (the new backup is stored; old ones may remain)"
             ),
         }
@@ -154,14 +157,31 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
         push_metrics(mcfg, &label, Some(&backup), drill.as_ref()).await;
     }
 
-    result?;
+    let summary = result?;
     match drill {
         Some(d) if !d.passed => Err(anyhow!(
             "drill: restore drill failed (the backup is kept; it does not count as verified): {}",
             d.failures.join("; ")
         )),
-        _ => Ok(()),
+        _ => {
+            tracing::info!(
+                key = %summary.manifest.object_key,
+                status = "success",
+                restore_drill = drill.is_some(),
+                duration_seconds = seconds(clock),
+                "run complete: {} stored{} in {:.1} s",
+                summary.manifest.object_key,
+                if drill.is_some() { " and drilled" } else { "" },
+                clock.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
     }
+}
+
+/// Seconds since `clock`, to the millisecond, as end-of-work lines log them.
+pub fn seconds(clock: Instant) -> f64 {
+    (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 fn log_summary(summary: &Summary, duration: f64) {
@@ -235,6 +255,7 @@ pub async fn push_metrics(
     backup: Option<&BackupOutcome>,
     drill: Option<&DrillOutcome>,
 ) {
+    let clock = Instant::now();
     let result = match Pushgateway::new(mcfg) {
         Ok(pg) => pg.push(label, backup, drill).await,
         Err(e) => Err(e),
@@ -242,6 +263,7 @@ pub async fn push_metrics(
     match result {
         Ok(report) => tracing::info!(
             pushgateway = %mcfg.url,
+            duration_seconds = seconds(clock),
             backup_status = backup.map(|b| if b.success { "success" } else { "failure" }),
             drill_status = drill.map(|d| if d.success { "success" } else { "failure" }),
             success_total = report.state.success_total,
@@ -252,6 +274,7 @@ pub async fn push_metrics(
         Err(e) => tracing::warn!(
             pushgateway = %mcfg.url,
             error = format!("{e:#}"),
+            duration_seconds = seconds(clock),
             "could not push metrics to the Pushgateway at {}; the outcome is unaffected",
             mcfg.url
         ),
@@ -358,6 +381,7 @@ async fn backup(
     }
 
     let counters = Arc::new(Counters::default());
+    let upload_clock = Instant::now();
     let (dump, stdout) = dump::spawn(&tool, conn, &snap.id).context("dump")?;
     tracing::debug!(pid = dump.pid(), "pg_dump started");
     let writer = match cancellable(cancel, storage.create(&object_key)).await {
@@ -431,6 +455,15 @@ async fn backup(
             stats.stored_bytes
         );
     }
+    tracing::info!(
+        key = %object_key,
+        destination = %storage.describe(),
+        stored_bytes = stored,
+        duration_seconds = seconds(upload_clock),
+        "upload complete: {object_key} ({}) in {:.1} s; writing the manifest",
+        human_bytes(stored),
+        upload_clock.elapsed().as_secs_f64()
+    );
     drop(client); // ends the snapshot transaction; pg_dump has exited.
     let finished = Utc::now();
     let manifest = Manifest {

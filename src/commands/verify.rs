@@ -18,6 +18,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
     let keys = resolve_keys(&args.keys, &process_env)?;
+    let clock = std::time::Instant::now();
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
     let entry = catalog::resolve(&entries, &args.key)?;
@@ -57,6 +58,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         stored_bytes = fed.stored_bytes,
         uncompressed_bytes = fed.archive_bytes,
         sha256 = %fed.sha256,
+        duration_seconds = crate::commands::run::seconds(clock),
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
     println!(
