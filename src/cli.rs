@@ -51,6 +51,10 @@ pub enum Command {
     /// Print the next times a cron schedule fires (checks an expression the way `run
     /// --schedule` and the deployment files use it).
     NextRun(NextRunArgs),
+    /// One database's backup history as a self-contained HTML page (or JSON): size,
+    /// duration and rows per table over time, drill outcomes, what needs attention, and
+    /// what the next prune would keep and delete. Reads the bucket only.
+    Report(Box<ReportArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -219,6 +223,30 @@ pub struct ListArgs {
     /// Print JSON (one array) instead of a table.
     #[arg(long, env = "LEAFLOCK_BACKUP_LIST_JSON")]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// The database whose backups the report shows. Default: the only database with
+    /// backups under the prefix (with several, it must be named).
+    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_DATABASE", value_name = "NAME")]
+    pub database: Option<String>,
+
+    /// Write the report to FILE (replaced whole, private to its owner) instead of stdout.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_OUT", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// The report's data as JSON instead of HTML.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_JSON")]
+    pub json: bool,
+
+    // The retention rules prune runs with: the report shows what the next prune would
+    // keep, delete, and why. Without a rule, no plan is shown.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 #[derive(Debug, Args)]

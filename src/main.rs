@@ -23,6 +23,7 @@ mod pgtool;
 mod pipeline;
 mod progress;
 mod readback;
+mod report;
 mod retention;
 mod schedule;
 mod signals;
@@ -59,6 +60,7 @@ fn main() {
             cli::Command::Drill(args) => commands::drill::execute(args).await,
             cli::Command::Prune(args) => commands::prune::execute(args).await,
             cli::Command::Schedule(args) => commands::schedule::execute(args, term).await,
+            cli::Command::Report(args) => commands::report::execute(args).await,
         }
     });
     let code = match result {
@@ -74,6 +76,7 @@ fn main() {
                     cli::Command::Restore(_) => "restore failed",
                     cli::Command::Drill(_) => "restore drill failed",
                     cli::Command::Prune(_) => "prune failed",
+                    cli::Command::Report(_) => "report failed",
                     _ => "failed",
                 },
             };

@@ -1,0 +1,126 @@
+//! `leaflock-backup report`: one database's backup history as a self-contained HTML
+//! page (`--out FILE`, or stdout), or as JSON (`--json`): size, duration and rows per
+//! table over time, drill outcomes, what needs attention, and what the next prune
+//! would keep and delete. Reads the bucket only; writes nothing there.
+
+use crate::catalog;
+use crate::cli::ReportArgs;
+use crate::config::{process_env, resolve_destination, resolve_retention};
+use crate::error::usage;
+use crate::report::{self, html, Context as ReportContext};
+use crate::storage;
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use std::io::Write;
+
+pub async fn execute(args: &ReportArgs) -> Result<()> {
+    let dest = resolve_destination(&args.destination, &process_env)?;
+    let policy = resolve_retention(&args.retention, &process_env)?;
+    if let Some(name) = &args.database {
+        if name.is_empty() || name.len() > 63 {
+            return usage(format!(
+                "--database / LEAFLOCK_BACKUP_REPORT_DATABASE: {name:?} is not a PostgreSQL database name"
+            ));
+        }
+    }
+    if let Some(out) = &args.out {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if out.as_os_str().is_empty() || out.is_dir() || !parent.is_dir() {
+            return usage(format!(
+                "--out / LEAFLOCK_BACKUP_REPORT_OUT: {} is not a file in an existing directory",
+                out.display()
+            ));
+        }
+    }
+
+    let clock = std::time::Instant::now();
+    let storage = storage::open(&dest).await?;
+    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
+    let databases = report::databases(&entries);
+    let database = match &args.database {
+        Some(name) if databases.contains(name) => name.clone(),
+        Some(name) => bail!(
+            "no backup of database {name:?} under {} (prefix {}); databases with backups there: {}",
+            storage.describe(),
+            dest.prefix(),
+            list_or_none(&databases)
+        ),
+        None if databases.len() == 1 => databases.iter().next().unwrap().clone(),
+        None if databases.is_empty() => bail!(
+            "no backup with a manifest under {} (prefix {}); `leaflock-backup list` shows what is there",
+            storage.describe(),
+            dest.prefix()
+        ),
+        None => {
+            return usage(format!(
+                "--database / LEAFLOCK_BACKUP_REPORT_DATABASE: backups of several databases are under this prefix ({}); name one",
+                list_or_none(&databases)
+            ))
+        }
+    };
+    let data = report::build(
+        &entries,
+        &ReportContext {
+            destination: storage.describe(),
+            prefix: dest.prefix().to_string(),
+            database: &database,
+            policy: policy.as_ref(),
+            now: Utc::now(),
+        },
+    );
+    let text = if args.json {
+        let mut v = serde_json::to_string_pretty(&data)?;
+        v.push('\n');
+        v
+    } else {
+        html::render(&data)
+    };
+    match &args.out {
+        Some(path) => write_file(path, text.as_bytes())
+            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    tracing::info!(
+        database = %database,
+        backups = data.backups.len(),
+        anomalies = data.anomalies.len(),
+        out = args.out.as_ref().map(|p| p.display().to_string()),
+        format = if args.json { "json" } else { "html" },
+        duration_seconds = crate::commands::run::seconds(clock),
+        "report written: {} backups of {database}, {} other objects under the prefix",
+        data.backups.len(),
+        data.anomalies.len()
+    );
+    Ok(())
+}
+
+fn list_or_none(names: &std::collections::BTreeSet<String>) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Write through a temporary file beside `path`, renamed into place: a reader never
+/// sees half a report, and a failure leaves the old one.
+fn write_file(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".leaflock-report-")
+        .tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    Ok(())
+}
