@@ -548,6 +548,50 @@ mod tests {
         assert_eq!(t[1].latest, None);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Whatever a stranger puts in a manifest (any date a manifest can carry, any
+        /// duration or size, any table name), the report is built and drawn.
+        #[test]
+        fn any_manifest_values_render(
+            rows in proptest::collection::vec(
+                (
+                    0u32..3_000_000,
+                    -1e12f64..1e12,
+                    proptest::num::u64::ANY,
+                    -5i64..i64::MAX / 2,
+                    ".{0,12}",
+                ),
+                1..6,
+            ),
+        ) {
+            let entries: Vec<Entry> = rows.iter().enumerate().map(|(i, (secs, dur, size, n, table))| {
+                let mut m = manifest(1 + (i as u32 % 28), &[(table.as_str(), *n)]);
+                // Years 0001 to 9999, as RFC 3339 dates in a manifest can be.
+                let at = *secs as i64 * 105_000 - 62_000_000_000;
+                m.started_at = Utc.timestamp_opt(at, 0).unwrap();
+                m.duration_seconds = *dur;
+                m.stored_bytes = *size;
+                m.uncompressed_bytes = size / 3;
+                m.object_key = format!("k{i}");
+                backup(m, if i % 2 == 0 { Some(i % 4 == 0) } else { None })
+            }).collect();
+            let policy = Policy { keep_daily: Some(2), ..Default::default() };
+            let cx = Context {
+                destination: "d".into(),
+                prefix: "p/".into(),
+                database: "notes",
+                policy: Some(&policy),
+                now: Utc::now(),
+            };
+            let r = build(&entries, &cx);
+            proptest::prop_assert_eq!(r.backups.len(), rows.len());
+            let page = html::render(&r);
+            proptest::prop_assert!(page.contains("</html>"));
+        }
+    }
+
     #[test]
     fn highlights_drill_outcomes_and_retention_come_from_the_catalog() {
         let entries = vec![
