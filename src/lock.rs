@@ -11,12 +11,13 @@
 use crate::conninfo::ConnInfo;
 use crate::database;
 use crate::error::LockHeld;
+use crate::scope::Scope;
 use anyhow::{Context, Result};
 use std::time::Duration;
 use tokio_postgres::Client;
 
 /// The two int4 halves of the advisory lock key: a constant namespace for this tool
-/// and a hash of the database name.
+/// and a hash of the scope (the database name, `instance@database` with a label).
 fn key(dbname: &str) -> (i32, i32) {
     // FNV-1a, stable across versions and platforms.
     let mut h: u32 = 0x811c_9dc5;
@@ -32,16 +33,22 @@ pub struct RunLock {
     _client: Client,
 }
 
-/// Take the lock for `conn`'s database or fail with [`LockHeld`] (exit 3) naming the
-/// holder.
-pub async fn acquire(conn: &ConnInfo, timeout: Duration, run_id: &str) -> Result<RunLock> {
+/// Take the lock for the backups of `scope` (a database, with its instance label) on
+/// `conn`'s server, or fail with [`LockHeld`] (exit 3) naming the holder. `run` and
+/// `prune` of one scope take the same lock.
+pub async fn acquire(
+    conn: &ConnInfo,
+    timeout: Duration,
+    scope: &Scope,
+    run_id: &str,
+) -> Result<RunLock> {
     // The run id begins with the run's start time; PostgreSQL keeps 63 bytes of it.
     let label = format!("leaflock-backup {run_id}");
     let client = database::connect_as(conn, timeout, &label).await?;
     // The lock lives as long as this idle session: an idle_session_timeout (PostgreSQL
     // 14+) set for the role must not end it mid-run. Older servers lack the setting.
     let _ = client.batch_execute("SET idle_session_timeout = 0").await;
-    let (k1, k2) = key(&conn.dbname);
+    let (k1, k2) = key(&scope.to_string());
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&k1, &k2])
         .await
@@ -72,8 +79,7 @@ pub async fn acquire(conn: &ConnInfo, timeout: Duration, run_id: &str) -> Result
         })
         .unwrap_or_else(|| "another session".into());
     Err(LockHeld(format!(
-        "another run holds the lock for database {}: {holder}; not starting",
-        conn.dbname
+        "another run holds the lock for database {scope}: {holder}; not starting"
     ))
     .into())
 }

@@ -4,6 +4,7 @@
 
 mod catalog;
 mod cli;
+mod clock;
 mod commands;
 mod compress;
 mod config;
@@ -14,6 +15,7 @@ mod debris;
 mod drill;
 mod dump;
 mod error;
+mod gate;
 mod legacy;
 mod lock;
 mod logging;
@@ -26,6 +28,7 @@ mod readback;
 mod report;
 mod retention;
 mod schedule;
+mod scope;
 mod signals;
 mod storage;
 

@@ -7,6 +7,7 @@
 //! backup exactly. It never holds a secret.
 
 use crate::database::TableCount;
+use crate::scope::{self, Scope};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const OBJECT_STEM: &str = "leaflock_backup_";
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 pub const DRILL_SUFFIX: &str = ".drill.json";
+pub const SUSPECT_SUFFIX: &str = ".suspect.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -24,6 +26,10 @@ pub struct Manifest {
     /// Full key of the backup object, as `list` prints it.
     pub object_key: String,
     pub database: String,
+    /// The operator's label for the server (`--instance`), when two servers back up
+    /// databases of the same name into one destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub server_version: String,
     pub server_version_num: u32,
     pub pg_dump_version: String,
@@ -64,10 +70,19 @@ pub struct EncryptionInfo {
     pub recipients: Vec<String>,
 }
 
-/// The key of a new backup object: `<prefix>YYYY/MM/DD/leaflock_backup_<ts>.dump.<ext>`.
-pub fn object_key(prefix: &str, at: DateTime<Utc>, extension: &str) -> String {
+/// The key of a new backup object:
+/// `<prefix><scope>/YYYY/MM/DD/leaflock_backup_<ts>_<run>.dump.<ext>` (see `scope.rs`);
+/// `run` is the random tail of the run id, so two runs in one second never collide.
+pub fn object_key(
+    prefix: &str,
+    scope: &Scope,
+    at: DateTime<Utc>,
+    run: &str,
+    extension: &str,
+) -> String {
     format!(
-        "{prefix}{}/{OBJECT_STEM}{}.dump.{extension}",
+        "{}{}/{OBJECT_STEM}{}_{run}.dump.{extension}",
+        scope::root(prefix, scope),
         at.format("%Y/%m/%d"),
         at.format("%Y%m%dT%H%M%SZ")
     )
@@ -85,6 +100,12 @@ pub fn stem(object_key: &str) -> &str {
 /// `.manifest.json`.
 pub fn manifest_key(object_key: &str) -> String {
     format!("{}{MANIFEST_SUFFIX}", stem(object_key))
+}
+
+/// The suspect record beside an object key (`.suspect.json`): why the regression gate
+/// held this backup, and whether an operator accepted it.
+pub fn suspect_key(object_key: &str) -> String {
+    format!("{}{SUSPECT_SUFFIX}", stem(object_key))
 }
 
 /// The drill record beside an object key (`.drill.json`): the outcome of the latest
@@ -124,14 +145,25 @@ mod tests {
     #[test]
     fn keys_follow_the_layout() {
         let at = Utc.with_ymd_and_hms(2026, 3, 7, 2, 0, 9).unwrap();
-        let k = object_key("backups/", at, "gz");
+        let k = object_key("backups/", &Scope::new("notes", None), at, "a1b2c3", "gz");
         assert_eq!(
             k,
-            "backups/2026/03/07/leaflock_backup_20260307T020009Z.dump.gz"
+            "backups/notes/2026/03/07/leaflock_backup_20260307T020009Z_a1b2c3.dump.gz"
         );
         assert_eq!(
             manifest_key(&k),
-            "backups/2026/03/07/leaflock_backup_20260307T020009Z.manifest.json"
+            "backups/notes/2026/03/07/leaflock_backup_20260307T020009Z_a1b2c3.manifest.json"
+        );
+        let k = object_key(
+            "",
+            &Scope::new("notes", Some("prod".into())),
+            at,
+            "a1b2c3",
+            "zst.age",
+        );
+        assert_eq!(
+            k,
+            "prod@notes/2026/03/07/leaflock_backup_20260307T020009Z_a1b2c3.dump.zst.age"
         );
         assert_eq!(
             manifest_key("x/leaflock_backup_1.dump.gz.age"),
@@ -149,6 +181,7 @@ mod tests {
             run_id: "r".into(),
             object_key: "k".into(),
             database: "notes".into(),
+            instance: None,
             server_version: "15.18".into(),
             server_version_num: 150018,
             pg_dump_version: "pg_dump (PostgreSQL) 15.18".into(),

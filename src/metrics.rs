@@ -34,6 +34,8 @@ pub const LAST_SUCCESS: &str = "leaflock_backup_last_success_timestamp_seconds";
 pub const LAST_RUN: &str = "leaflock_backup_last_run_timestamp_seconds";
 pub const LAST_DURATION: &str = "leaflock_backup_last_duration_seconds";
 pub const NEXT_RUN: &str = "leaflock_backup_next_run_timestamp_seconds";
+pub const SUSPECT_BACKUPS: &str = "leaflock_backup_suspect_backups";
+pub const FUTURE_DATED_BACKUPS: &str = "leaflock_backup_future_dated_backups";
 pub const DRILLS_TOTAL: &str = "leaflock_restore_drills_total";
 pub const DRILL_DURATION: &str = "leaflock_restore_drill_duration_seconds";
 pub const DRILL_LAST_SUCCESS: &str = "leaflock_restore_drill_last_success_timestamp_seconds";
@@ -71,6 +73,8 @@ pub struct GroupState {
     pub size_bytes: Option<f64>,
     pub uncompressed_size_bytes: Option<f64>,
     pub next_run: Option<f64>,
+    pub suspect_backups: Option<f64>,
+    pub future_dated_backups: Option<f64>,
     pub drills_success: f64,
     pub drills_failure: f64,
     pub drill_duration: Hist,
@@ -86,6 +90,16 @@ pub struct BackupOutcome {
     pub stored_bytes: Option<u64>,
     pub uncompressed_bytes: Option<u64>,
     pub next_run: Option<DateTime<Utc>>,
+    /// What the run saw at the destination, when it could look.
+    pub catalog: Option<CatalogFigures>,
+}
+
+/// Backups of this database that need a person: held by the regression gate and not
+/// accepted, or dated in the future.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatalogFigures {
+    pub suspect: usize,
+    pub future_dated: usize,
 }
 
 /// What one restore drill contributes.
@@ -119,6 +133,10 @@ impl GroupState {
         self.last_duration = Some(o.duration_seconds);
         if o.next_run.is_some() {
             self.next_run = o.next_run.map(ts);
+        }
+        if let Some(c) = o.catalog {
+            self.suspect_backups = Some(c.suspect as f64);
+            self.future_dated_backups = Some(c.future_dated as f64);
         }
     }
 
@@ -159,6 +177,8 @@ impl GroupState {
             size_bytes: plain_value(g, BACKUP_SIZE),
             uncompressed_size_bytes: plain_value(g, BACKUP_UNCOMPRESSED_SIZE),
             next_run: plain_value(g, NEXT_RUN),
+            suspect_backups: plain_value(g, SUSPECT_BACKUPS),
+            future_dated_backups: plain_value(g, FUTURE_DATED_BACKUPS),
             drill_last_success: plain_value(g, DRILL_LAST_SUCCESS),
             ..Default::default()
         };
@@ -187,7 +207,7 @@ impl GroupState {
                 vec![histogram(&self.duration)],
             ),
         ];
-        let gauges: [(&str, &str, Option<f64>); 7] = [
+        let gauges: [(&str, &str, Option<f64>); 9] = [
             (
                 BACKUP_SIZE,
                 "Stored bytes of the last successful backup.",
@@ -222,6 +242,16 @@ impl GroupState {
                 DRILL_LAST_SUCCESS,
                 "Unix time the last successful restore drill finished.",
                 self.drill_last_success,
+            ),
+            (
+                SUSPECT_BACKUPS,
+                "Backups held by the regression gate (a table vanished or collapsed, the size fell) that no operator accepted.",
+                self.suspect_backups,
+            ),
+            (
+                FUTURE_DATED_BACKUPS,
+                "Backups whose manifest is dated in the future beyond the clock tolerance (never latest, never decide retention).",
+                self.future_dated_backups,
             ),
         ];
         for (name, help, v) in gauges {
@@ -490,6 +520,7 @@ mod tests {
             stored_bytes: success.then_some(100),
             uncompressed_bytes: success.then_some(200),
             next_run: None,
+            catalog: None,
         }
     }
 

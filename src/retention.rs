@@ -2,8 +2,15 @@
 //! deleting the rest — only after a successful run, or by `prune`.
 //!
 //! Safety rules, in order:
-//! - only backups with this tool's manifest are candidates; old archives, debris and
-//!   foreign objects under the prefix are never touched by a policy;
+//! - retention acts on one database's backups (`scope.rs`); another database's
+//!   backups are never candidates;
+//! - only backups with this tool's manifest are candidates; old archives, debris,
+//!   foreign objects and anomalies (manifests dated in the future) are never touched
+//!   by a policy, and never count towards one;
+//! - nothing is deleted while the local clock and the destination's disagree, while
+//!   the newest backup is a suspect no operator accepted (`gate.rs`), or when the plan
+//!   would keep nothing;
+//! - the backup a run has just made is never deleted by that run;
 //! - the newest backup whose restore drill passed is never deleted, nor is the newest
 //!   backup of all (a failed drill never counts as verified, but such a backup may
 //!   still be the best copy there is);
@@ -15,7 +22,8 @@
 //! the backups within 30 days): nothing older is kept by a GFS rule, only by the two
 //! safety rules above, and then with a warning.
 
-use crate::catalog::{self, Kind};
+use crate::catalog::{self, Catalog};
+use crate::clock::Clock;
 use crate::manifest;
 use crate::storage::Storage;
 use chrono::{DateTime, Datelike, Duration, Utc};
@@ -164,32 +172,113 @@ pub fn plan(candidates: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Ve
         .collect()
 }
 
-/// Plan over what is stored under the prefix and, unless `dry_run`, delete what the
-/// plan does not keep. Returns (kept, deleted) counts.
-pub async fn apply(
-    storage: &dyn Storage,
-    prefix: &str,
+/// Why retention deleted nothing this time (a refusal, not an error of the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "retention deleted nothing: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub kept: usize,
+    pub deleted: usize,
+}
+
+/// What retention would keep and delete over the backups of the catalog's scope, and
+/// why, without touching anything (`apply` and `report` both decide here). Refuses
+/// (with [`Refused`]) when the two clocks disagree, when the newest backup is a suspect
+/// nobody accepted, or when the plan would keep nothing. `own` (the backup a run has
+/// just made) and suspects awaiting an operator are always kept; anomalies are never
+/// candidates.
+pub fn decide(
+    catalog: &Catalog,
+    clock: &Clock,
     policy: &Policy,
-    dry_run: bool,
-) -> anyhow::Result<(usize, usize)> {
-    let entries = catalog::scan(storage, prefix).await?;
-    let candidates: Vec<Candidate> = entries
+    own: Option<&str>,
+) -> anyhow::Result<Vec<Decision>> {
+    if catalog.view.scope.is_none() {
+        anyhow::bail!("retention acts on one database at a time");
+    }
+    if !clock.agrees() {
+        let skew = clock.skew().map(|s| s.num_seconds()).unwrap_or(0);
+        return Err(Refused(format!(
+            "the local clock and the destination's disagree by {skew} s (more than the {} s of \
+             --clock-tolerance); fix the clock first",
+            clock.tolerance.num_seconds()
+        ))
+        .into());
+    }
+    let sound: Vec<&catalog::Entry> = catalog.backups().filter(|e| e.is_sound_backup()).collect();
+    if let Some(newest) = sound.first() {
+        if let Some(s) = newest.unaccepted_suspect() {
+            return Err(Refused(format!(
+                "the newest backup {} is suspect ({}); check it, then accept it with \
+                 `leaflock-backup prune --accept-suspect {}` if the change is intended",
+                newest.key,
+                s.findings.join("; "),
+                newest.key
+            ))
+            .into());
+        }
+    }
+    let candidates: Vec<Candidate> = sound
         .iter()
-        .filter_map(|e| match &e.kind {
-            Kind::Backup { manifest, drill } => Some(Candidate {
+        .filter_map(|e| {
+            Some(Candidate {
                 key: e.key.clone(),
-                time: manifest.started_at,
-                verified: drill.as_ref().is_some_and(|d| d.passed),
-            }),
-            _ => None,
+                time: e.manifest()?.started_at,
+                verified: e.verified(),
+            })
         })
         .collect();
-    let decisions = plan(&candidates, policy, Utc::now());
-    let (mut kept, mut deleted) = (0, 0);
+    let mut decisions = plan(&candidates, policy, clock.now());
+    for d in &mut decisions {
+        if Some(d.key.as_str()) == own {
+            d.reasons.push("made by this run".into());
+        }
+        let suspect = sound
+            .iter()
+            .any(|e| e.key == d.key && e.unaccepted_suspect().is_some());
+        if suspect {
+            d.reasons.push("suspect, awaiting an operator".into());
+        }
+    }
+    if !decisions.is_empty() && !decisions.iter().any(Decision::keep) {
+        return Err(Refused("the policy would delete every backup of this database".into()).into());
+    }
+    Ok(decisions)
+}
+
+/// Plan over the backups of the catalog's scope and, unless `dry_run`, delete what
+/// the plan does not keep. Refuses (with [`Refused`], deleting nothing) when the two
+/// clocks disagree, when the newest backup is a suspect nobody accepted, or when the
+/// plan would keep nothing. `own` (the backup a run has just made) and suspects
+/// awaiting an operator are always kept; anomalies are never candidates.
+pub async fn apply(
+    storage: &dyn Storage,
+    catalog: &Catalog,
+    clock: &Clock,
+    policy: &Policy,
+    own: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Applied> {
+    for e in catalog.backups().filter(|e| e.anomaly.is_some()) {
+        tracing::warn!(key = %e.key, anomaly = ?e.anomaly, "not a retention candidate: {} ({})",
+            e.key, e.anomaly.as_deref().unwrap_or_default());
+    }
+    let decisions = decide(catalog, clock, policy, own)?;
+    let mut out = Applied::default();
     for d in &decisions {
         if d.keep() {
-            kept += 1;
-            let old = Utc::now() - d.time > Duration::days(GDPR_DAYS as i64);
+            out.kept += 1;
+            let old = clock.now() - d.time > Duration::days(GDPR_DAYS as i64);
             tracing::info!(key = %d.key, reasons = %d.reasons.join("; "), "keep {} ({})", d.key, d.reasons.join(", "));
             if old {
                 tracing::warn!(key = %d.key, "{} is older than {GDPR_DAYS} days and kept ({})", d.key, d.reasons.join(", "));
@@ -198,7 +287,7 @@ pub async fn apply(
         }
         if dry_run {
             tracing::info!(key = %d.key, dry_run = true, "would delete {} (no rule keeps it)", d.key);
-            deleted += 1;
+            out.deleted += 1;
             continue;
         }
         // Manifest first: from that moment it is no longer a backup.
@@ -207,7 +296,11 @@ pub async fn apply(
             .delete(&m)
             .await
             .map_err(|e| e.context(format!("cannot delete {m}")))?;
-        for k in [d.key.clone(), manifest::drill_key(&d.key)] {
+        for k in [
+            d.key.clone(),
+            manifest::drill_key(&d.key),
+            manifest::suspect_key(&d.key),
+        ] {
             if let Err(e) = storage.delete(&k).await {
                 if storage.exists(&k).await.unwrap_or(true) {
                     tracing::warn!(key = %k, error = format!("{e:#}"), "could not delete; it is left as debris");
@@ -215,9 +308,9 @@ pub async fn apply(
             }
         }
         tracing::info!(key = %d.key, "deleted {} (no rule keeps it)", d.key);
-        deleted += 1;
+        out.deleted += 1;
     }
-    Ok((kept, deleted))
+    Ok(out)
 }
 
 #[cfg(test)]

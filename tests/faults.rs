@@ -357,11 +357,14 @@ fn after_sigkill_the_next_run_and_prune_remove_the_orphans() {
 
     // prune --dry-run removes nothing; prune with grace 0 removes the debris.
     let mut dry = s3_cmd("prune", &prefix);
-    dry.args(["--keep-last", "10", "--dry-run", "--orphan-grace", "0"]);
+    dry.args(["--keep-last", "10", "--dry-run", "--orphan-grace", "0"])
+        .args(["--database-url", &url]);
     run(dry).expect_code(0);
     assert!(!s3_open_uploads(&format!("{prefix}/")).is_empty());
     let mut prune = s3_cmd("prune", &prefix);
-    prune.args(["--keep-last", "10", "--orphan-grace", "0"]);
+    prune
+        .args(["--keep-last", "10", "--orphan-grace", "0"])
+        .args(["--database-url", &url]);
     let r = run(prune);
     r.expect_code(0);
     assert!(

@@ -116,7 +116,7 @@ fn every_end_of_work_line_carries_latency_over_a_whole_run() {
     assert_end_of_work(ends(&rs, "restore complete")[0]);
 
     let mut prune = s3_cmd("prune", &prefix);
-    prune.args(["--keep-last", "3", "--dry-run"]);
+    prune.args(["--keep-last", "3", "--dry-run", "--database-url", &url]);
     let p = run(prune);
     p.expect_code(0);
     assert_every_duration_is_a_latency(&p);

@@ -47,8 +47,13 @@ fn redate_latest(prefix: &str, at: chrono::DateTime<chrono::Utc>, done: &[String
         .expect("the run wrote a manifest");
     let mut m: Value = serde_json::from_slice(&s3_get(&manifest_key)).unwrap();
     let old_object = m["object_key"].as_str().unwrap().to_string();
+    // <root>YYYY/MM/DD/leaflock_backup_<stamp>_<run>.dump.gz: the date and the stamp
+    // change, the database's root and the run id stay.
+    let parts: Vec<&str> = old_object.rsplitn(5, '/').collect();
+    let (file, root) = (parts[0], parts[4]);
+    let rest = &file["leaflock_backup_".len() + stamp.len()..];
     let new_object = format!(
-        "{prefix}/{}/leaflock_backup_{stamp}.dump.gz",
+        "{root}/{}/leaflock_backup_{stamp}{rest}",
         at.format("%Y/%m/%d")
     );
     let duration = m["duration_seconds"].as_f64().unwrap();
@@ -60,10 +65,25 @@ fn redate_latest(prefix: &str, at: chrono::DateTime<chrono::Utc>, done: &[String
         &new_object.replace(".dump.gz", ".manifest.json"),
         serde_json::to_vec_pretty(&m).unwrap(),
     );
+    // The regression gate's record, if the run held this backup as suspect.
+    let old_suspect = old_object.replace(".dump.gz", ".suspect.json");
+    if s3_keys(&old_suspect).contains(&old_suspect) {
+        let mut rec: Value = serde_json::from_slice(&s3_get(&old_suspect)).unwrap();
+        rec["object_key"] = new_object.clone().into();
+        s3_put(
+            &new_object.replace(".dump.gz", ".suspect.json"),
+            serde_json::to_vec_pretty(&rec).unwrap(),
+        );
+        s3_delete(&old_suspect);
+    }
     s3_delete(&manifest_key);
     s3_delete(&old_object);
     new_object
 }
+
+/// The day whose backup the regression gate holds as suspect (the audit log falls
+/// from 12 rows to 4: more than half, with `--suspect-min-rows 5`).
+const SUSPECT_DAY: usize = 3;
 
 fn grow(url: &str, day: usize) {
     psql(
@@ -76,20 +96,21 @@ fn grow(url: &str, day: usize) {
          INSERT INTO audit_log (user_id, action, resource_type, details) \
            SELECT user_id, action, resource_type, details FROM audit_log LIMIT 120",
     );
-    if day == 6 {
-        // A clean-up job: the newest backup has fewer audit log rows than the one before.
+    if day == SUSPECT_DAY {
+        // Most of the audit log goes: the regression gate holds that day's backup.
         psql(
             Pg::V15,
             url,
-            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log ORDER BY created_at LIMIT 120)",
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log ORDER BY created_at LIMIT 20)",
         );
     }
 }
 
-fn drill(prefix: &str, key: &str, check: &str) -> RunResult {
+fn drill(prefix: &str, db: &str, key: &str, check: &str) -> RunResult {
     let mut cmd = s3_cmd("drill", prefix);
     cmd.arg(key)
         .env("LEAFLOCK_BACKUP_DATABASE_URL", Pg::V15.admin_url())
+        .env("LEAFLOCK_BACKUP_DATABASE", db)
         .args(["--drill-check", check]);
     run(cmd)
 }
@@ -101,6 +122,7 @@ struct Week {
     keys: Vec<String>,
     failed_drill: String,
     passed_drills: Vec<String>,
+    suspect: String,
     bad_manifest: String,
     tables: usize,
 }
@@ -121,18 +143,26 @@ fn week_of_backups() -> Week {
             grow(&url, day);
         }
         let mut cmd = s3_cmd("run", &prefix);
-        cmd.env("LEAFLOCK_BACKUP_DATABASE_URL", &url);
-        run(cmd).expect_code(0);
+        cmd.env("LEAFLOCK_BACKUP_DATABASE_URL", &url)
+            .args(["--suspect-min-rows", "5"]);
+        let r = run(cmd);
+        r.expect_code(0);
+        assert_eq!(
+            r.stderr.contains("suspect backup"),
+            day == SUSPECT_DAY,
+            "day {day}: {}",
+            r.stderr
+        );
         let at = today - chrono::Duration::days(7 - day as i64)
             + chrono::Duration::seconds(3 + day as i64 * 7);
         let key = redate_latest(&prefix, at, &keys);
         keys.push(key);
     }
     // Drills of stored backups: two pass, one fails a check.
-    for k in [&keys[0], &keys[3]] {
-        drill(&prefix, k, "SELECT count(*) > 0 FROM notes").expect_code(0);
+    for k in [&keys[0], &keys[4]] {
+        drill(&prefix, &db, k, "SELECT count(*) > 0 FROM notes").expect_code(0);
     }
-    let failed = drill(&prefix, &keys[5], "SELECT count(*) = 0 FROM users");
+    let failed = drill(&prefix, &db, &keys[5], "SELECT count(*) = 0 FROM users");
     failed.expect_code(1);
     // A manifest a stranger wrote, at a dated key of its own.
     let bad_manifest = format!(
@@ -152,7 +182,8 @@ fn week_of_backups() -> Week {
         prefix,
         db,
         failed_drill: keys[5].clone(),
-        passed_drills: vec![keys[0].clone(), keys[3].clone()],
+        passed_drills: vec![keys[0].clone(), keys[4].clone()],
+        suspect: keys[SUSPECT_DAY].clone(),
         keys,
         bad_manifest,
         tables,
@@ -279,9 +310,9 @@ fn png_size(data: &[u8]) -> (u32, u32) {
     (be(16), be(20))
 }
 
-fn report(prefix: &str, extra: &[&str]) -> RunResult {
+fn report(prefix: &str, db: &str, extra: &[&str]) -> RunResult {
     let mut cmd = s3_cmd("report", prefix);
-    cmd.args(extra);
+    cmd.args(["--database", db]).args(extra);
     run(cmd)
 }
 
@@ -292,6 +323,7 @@ fn a_week_of_backups_renders_in_chromium_with_every_point_and_no_request() {
     let page = dir.path().join("report.html");
     let r = report(
         &week.prefix,
+        &week.db,
         &[
             "--out",
             page.to_str().unwrap(),
@@ -315,6 +347,7 @@ fn a_week_of_backups_renders_in_chromium_with_every_point_and_no_request() {
     // The data, as --json gives it.
     let j = report(
         &week.prefix,
+        &week.db,
         &["--json", "--keep-last", "3", "--keep-daily", "5"],
     );
     j.expect_code(0);
@@ -384,26 +417,28 @@ fn a_week_of_backups_renders_in_chromium_with_every_point_and_no_request() {
         .map(|(i, k)| (k.clone(), i < 5))
         .collect();
     assert_eq!(decided, expected);
-    // The audit log shrank once and is flagged; tables that changed come first.
+    // The regression gate's suspect, named with its finding.
+    let suspect = backups
+        .iter()
+        .find(|b| b["key"] == week.suspect.as_str())
+        .unwrap();
+    assert_eq!(suspect["highlights"][0]["label"], "suspect", "{suspect}");
+    assert!(
+        suspect["highlights"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("audit_log"),
+        "{suspect}"
+    );
+    let reasons = &plan["decisions"][6 - SUSPECT_DAY]["reasons"];
+    assert!(
+        reasons
+            .to_string()
+            .contains("suspect, awaiting an operator"),
+        "{reasons}"
+    );
     let tables = data["tables"].as_array().unwrap();
     assert_eq!(tables.len(), week.tables);
-    let audit = tables
-        .iter()
-        .find(|t| t["name"] == "public.audit_log")
-        .unwrap();
-    assert!(
-        audit["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "shrank"),
-        "{audit}"
-    );
-    assert!(
-        !tables[0]["flags"].as_array().unwrap().is_empty(),
-        "{}",
-        tables[0]
-    );
 
     // What a person sees: Chromium loads it without a console message, a refused
     // resource or a request, and every chart holds one point per backup.
@@ -454,8 +489,8 @@ fn a_week_of_backups_renders_in_chromium_with_every_point_and_no_request() {
     // Flagged: the failed drill's points (size, uncompressed, duration, drill strip).
     assert_eq!(
         dom.matches(" flag\"").count(),
-        4,
-        "the failed drill's points are ringed: size, uncompressed, duration, drill"
+        4 + 3,
+        "ringed: the failed drill's size, uncompressed, duration and drill points, the suspect's size, uncompressed and duration"
     );
     assert!(
         dom.contains("bad manifest"),
@@ -536,7 +571,7 @@ fn what_the_bucket_says_stays_text() {
 
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("report.html");
-    report(&prefix, &["--out", page.to_str().unwrap()]).expect_code(0);
+    report(&prefix, &db, &["--out", page.to_str().unwrap()]).expect_code(0);
     let html = std::fs::read_to_string(&page).unwrap();
     for raw in ["<script", "<img", "<iframe", "<b>", "<svg onload"] {
         assert!(!html.contains(raw), "{raw} reached the page unescaped");
@@ -574,25 +609,24 @@ fn what_the_bucket_says_stays_text() {
 #[test]
 fn bad_report_options_exit_2_naming_them() {
     let prefix = unique("report_usage");
-    let r = report(&prefix, &["--out", "/nonexistent-dir/r.html"]);
+    let r = report(&prefix, "notes", &["--out", "/nonexistent-dir/r.html"]);
     r.expect_code(2);
     assert!(
         r.stderr.contains("--out / LEAFLOCK_BACKUP_REPORT_OUT"),
         "{}",
         r.stderr
     );
-    let r = report(&prefix, &["--database", ""]);
+    let r = report(&prefix, &"x".repeat(64), &[]);
     r.expect_code(2);
     assert!(
-        r.stderr
-            .contains("--database / LEAFLOCK_BACKUP_REPORT_DATABASE"),
+        r.stderr.contains("--database / LEAFLOCK_BACKUP_DATABASE"),
         "{}",
         r.stderr
     );
     // Nothing under the prefix: exit 1, saying so, and no file.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.html");
-    let r = report(&prefix, &["--out", out.to_str().unwrap()]);
+    let r = report(&prefix, "notes", &["--out", out.to_str().unwrap()]);
     r.expect_code(1);
     assert!(
         r.stderr.contains("no backup with a manifest"),

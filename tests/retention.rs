@@ -88,6 +88,18 @@ fn dated(root: &Path, manifest: &Value, object: &[u8], ts: &str, drill: Option<b
     key
 }
 
+/// `prune` of database `db`'s backups under `root`, holding the run lock on the PG15 server.
+fn prune_cmd(root: &Path, db: &str) -> std::process::Command {
+    let mut cmd = runner();
+    cmd.arg("prune").arg("--local-dir").arg(root).args([
+        "--database",
+        db,
+        "--database-url",
+        &Pg::V15.admin_url(),
+    ]);
+    cmd
+}
+
 fn listing(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
     collect(root, &mut files);
@@ -123,14 +135,10 @@ fn gfs_keeps_exactly_the_expected_set_across_month_and_year_boundaries() {
     std::fs::write(r.join("backups/readme.txt"), b"hello").unwrap();
     let before = listing(r);
 
+    let db = manifest["database"].as_str().unwrap().to_string();
     let prune = |dry: bool| {
-        let mut cmd = runner();
-        cmd.arg("prune").arg("--local-dir").arg(r).args([
-            "--keep-monthly",
-            "3",
-            "--keep-daily",
-            "2",
-        ]);
+        let mut cmd = prune_cmd(r, &db);
+        cmd.args(["--keep-monthly", "3", "--keep-daily", "2"]);
         if dry {
             cmd.arg("--dry-run");
         }
@@ -201,25 +209,18 @@ fn gfs_keeps_exactly_the_expected_set_across_month_and_year_boundaries() {
 #[test]
 fn retention_limits_are_validated_and_a_policy_is_required() {
     let dir = tempfile::tempdir().unwrap();
-    let mut none = runner();
-    none.arg("prune").arg("--local-dir").arg(dir.path());
+    let none = prune_cmd(dir.path(), "notes");
     let r = run(none);
     r.expect_code(2);
     assert!(r.stderr.contains("no retention rule"), "{}", r.stderr);
 
-    let mut long = runner();
-    long.arg("prune")
-        .arg("--local-dir")
-        .arg(dir.path())
-        .env("BACKUP_RETENTION_DAYS", "45");
+    let mut long = prune_cmd(dir.path(), "notes");
+    long.env("BACKUP_RETENTION_DAYS", "45");
     let r = run(long);
     r.expect_code(2);
     assert!(r.stderr.contains("BACKUP_RETENTION_DAYS"), "{}", r.stderr);
 
-    let mut allowed = runner();
-    allowed
-        .args(["prune", "--max-age", "45", "--allow-long-retention"])
-        .arg("--local-dir")
-        .arg(dir.path());
+    let mut allowed = prune_cmd(dir.path(), "notes");
+    allowed.args(["--max-age", "45", "--allow-long-retention"]);
     run(allowed).expect_code(0);
 }

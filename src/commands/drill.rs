@@ -3,16 +3,17 @@
 //! Same drill as `run --restore-drill`; the record is written beside the manifest and
 //! `leaflock_restore_drills_total` etc. are pushed. Exit 1 when the drill fails.
 
-use crate::catalog::{self, Kind};
+use crate::catalog::Kind;
 use crate::cli::DrillCommandArgs;
+use crate::commands::read_catalog;
 use crate::commands::run::{new_run_id, push_metrics, record_drill};
 use crate::config::{
-    process_env, resolve_database, resolve_destination, resolve_drill, resolve_keys,
-    resolve_metrics,
+    process_env, resolve_clock_tolerance, resolve_database, resolve_destination, resolve_drill,
+    resolve_keys, resolve_metrics, resolve_scope,
 };
 use crate::metrics::DrillOutcome;
 use crate::signals::Cancel;
-use crate::{drill, logging, storage};
+use crate::{drill, logging};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::Utc;
 
@@ -22,13 +23,14 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
     let keys = resolve_keys(&args.keys, &process_env)?;
     let opts = resolve_drill(&args.drill, &database, keys, args.require_encryption)?;
     let metrics = resolve_metrics(&args.metrics)?;
+    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let tolerance = resolve_clock_tolerance(&args.destination)?;
     let run_id = new_run_id(Utc::now());
     logging::set_run_id(&run_id);
     let cancel = Cancel::install().context("cannot install signal handlers")?;
 
-    let storage = storage::open(&dest).await?;
-    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
-    let entry = catalog::resolve(&entries, &args.key)?;
+    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance).await?;
+    let entry = catalog.resolve(&args.key)?;
     let Kind::Backup { manifest, .. } = &entry.kind else {
         bail!(
             "{} has no valid manifest: only backups of this tool can be drilled",

@@ -1,28 +1,39 @@
-//! `leaflock-backup list`: everything under the prefix, newest first — backups with
-//! their drill outcome, the old script's archives, and debris, never hidden.
+//! `leaflock-backup list`: everything under the prefix for one database (`--database`,
+//! or every database with `--all-databases`), newest first — backups with their drill
+//! outcome, suspects and anomalies, the old script's archives, and debris, never
+//! hidden. The backup `latest` names is marked.
 
-use crate::catalog::{self, Entry, Kind};
+use crate::catalog::{Entry, Kind};
 use crate::cli::ListArgs;
-use crate::config::{process_env, resolve_destination};
+use crate::commands::read_catalog;
+use crate::config::{process_env, resolve_clock_tolerance, resolve_destination, resolve_scope};
 use crate::progress::human_bytes;
-use crate::storage;
 use anyhow::Result;
 
 pub async fn execute(args: &ListArgs) -> Result<()> {
     let dest = resolve_destination(&args.destination, &process_env)?;
-    let storage = storage::open(&dest).await?;
-    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
+    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let tolerance = resolve_clock_tolerance(&args.destination)?;
+    let view = (!args.all_databases).then(|| scope.clone());
+    let (storage, _, catalog) = read_catalog(&dest, view, tolerance).await?;
+    let entries: Vec<&Entry> = catalog.visible().collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
     if entries.is_empty() {
-        println!("no objects under {}", storage.describe());
+        match args.all_databases {
+            true => println!("no objects under {}", storage.describe()),
+            false => println!(
+                "no objects of database {scope} under {} (--all-databases lists every database)",
+                storage.describe()
+            ),
+        }
         return Ok(());
     }
     println!(
         "{:<20}  {:<12}  {:>10}  {:<8}  {:<10}  {:<13}  KEY",
-        "TIME (UTC)", "DATABASE", "SIZE", "COMPRESS", "ENCRYPTION", "DRILL"
+        "TIME (UTC)", "DATABASE", "SIZE", "COMPRESS", "ENCRYPTION", "STATUS"
     );
     for e in &entries {
         println!("{}", row(e));
@@ -30,14 +41,49 @@ pub async fn execute(args: &ListArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the STATUS column says: the drill outcome, or what is wrong.
+fn status(e: &Entry) -> String {
+    let mut s = match &e.kind {
+        Kind::Backup { drill, suspect, .. } => {
+            let mut s = match drill {
+                None => "never drilled".to_string(),
+                Some(d) if d.passed => "drill passed".to_string(),
+                Some(_) => "DRILL FAILED".to_string(),
+            };
+            match suspect {
+                Some(r) if r.accepted() => s.push_str(", suspect (accepted)"),
+                Some(_) => s.push_str(", SUSPECT"),
+                None => {}
+            }
+            s
+        }
+        Kind::Legacy => "old script".into(),
+        Kind::BadManifest { error } => format!("BAD MANIFEST ({error})"),
+        Kind::ManifestWithoutObject => "NO OBJECT".into(),
+        Kind::NoManifest => "NO MANIFEST".into(),
+        Kind::Partial => "PARTIAL".into(),
+    };
+    if e.anomaly.is_some() {
+        s.push_str(", FUTURE-DATED");
+    }
+    if e.latest {
+        s.push_str(", latest");
+    }
+    s
+}
+
 fn row(e: &Entry) -> String {
     let time = e
         .time
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into());
-    let (db, comp, enc, drill) = match &e.kind {
-        Kind::Backup { manifest, drill } => (
-            manifest.database.clone(),
+    let db = match e.scope() {
+        Some(s) => s.to_string(),
+        None if matches!(e.kind, Kind::Legacy) => "?".into(),
+        None => "-".into(),
+    };
+    let (comp, enc) = match &e.kind {
+        Kind::Backup { manifest, .. } => (
             format!(
                 "{}:{}",
                 manifest.compression.algorithm, manifest.compression.level
@@ -47,26 +93,14 @@ fn row(e: &Entry) -> String {
                 .as_ref()
                 .map(|x| x.scheme.clone())
                 .unwrap_or_else(|| "none".into()),
-            match drill {
-                None => "never".to_string(),
-                Some(d) if d.passed => "passed".to_string(),
-                Some(_) => "FAILED".to_string(),
-            },
         ),
-        Kind::Legacy => (
-            "?".into(),
-            "gzip".into(),
-            "openssl".into(),
-            "old script".into(),
-        ),
-        Kind::BadManifest { .. } => ("-".into(), "-".into(), "-".into(), "BAD MANIFEST".into()),
-        Kind::ManifestWithoutObject => ("-".into(), "-".into(), "-".into(), "NO OBJECT".into()),
-        Kind::NoManifest => ("-".into(), "-".into(), "-".into(), "NO MANIFEST".into()),
-        Kind::Partial => ("-".into(), "-".into(), "-".into(), "PARTIAL".into()),
+        Kind::Legacy => ("gzip".into(), "openssl".into()),
+        _ => ("-".into(), "-".into()),
     };
     format!(
-        "{time:<20}  {db:<12}  {:>10}  {comp:<8}  {enc:<10}  {drill:<13}  {}",
+        "{time:<20}  {db:<12}  {:>10}  {comp:<8}  {enc:<10}  {:<13}  {}",
         human_bytes(e.size),
+        status(e),
         e.key
     )
 }

@@ -9,3 +9,23 @@ pub mod restore;
 pub mod run;
 pub mod schedule;
 pub mod verify;
+
+use crate::catalog::{self, Catalog};
+use crate::clock::Clock;
+use crate::config::DestinationConfig;
+use crate::scope::Scope;
+use crate::storage::{self, Storage};
+use std::time::Duration;
+
+/// Open the destination and read its catalog for `scope` (`None`: every database),
+/// with both clocks asked what time it is.
+pub async fn read_catalog(
+    dest: &DestinationConfig,
+    scope: Option<Scope>,
+    tolerance: Duration,
+) -> anyhow::Result<(Box<dyn Storage>, Clock, Catalog)> {
+    let storage = storage::open(dest).await?;
+    let clock = Clock::read(storage.as_ref(), tolerance).await;
+    let catalog = catalog::scan(storage.as_ref(), dest.prefix(), clock.view(scope)).await?;
+    Ok((storage, clock, catalog))
+}

@@ -3,26 +3,21 @@
 //! table over time, drill outcomes, what needs attention, and what the next prune
 //! would keep and delete. Reads the bucket only; writes nothing there.
 
-use crate::catalog;
 use crate::cli::ReportArgs;
-use crate::config::{process_env, resolve_destination, resolve_retention};
+use crate::commands::read_catalog;
+use crate::config::{
+    process_env, resolve_clock_tolerance, resolve_destination, resolve_retention, resolve_scope,
+};
 use crate::error::usage;
 use crate::report::{self, html, Context as ReportContext};
-use crate::storage;
 use anyhow::{bail, Context, Result};
-use chrono::Utc;
 use std::io::Write;
 
 pub async fn execute(args: &ReportArgs) -> Result<()> {
     let dest = resolve_destination(&args.destination, &process_env)?;
+    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let tolerance = resolve_clock_tolerance(&args.destination)?;
     let policy = resolve_retention(&args.retention, &process_env)?;
-    if let Some(name) = &args.database {
-        if name.is_empty() || name.len() > 63 {
-            return usage(format!(
-                "--database / LEAFLOCK_BACKUP_REPORT_DATABASE: {name:?} is not a PostgreSQL database name"
-            ));
-        }
-    }
     if let Some(out) = &args.out {
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -36,39 +31,24 @@ pub async fn execute(args: &ReportArgs) -> Result<()> {
         }
     }
 
-    let clock = std::time::Instant::now();
-    let storage = storage::open(&dest).await?;
-    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
-    let databases = report::databases(&entries);
-    let database = match &args.database {
-        Some(name) if databases.contains(name) => name.clone(),
-        Some(name) => bail!(
-            "no backup of database {name:?} under {} (prefix {}); databases with backups there: {}",
-            storage.describe(),
-            dest.prefix(),
-            list_or_none(&databases)
-        ),
-        None if databases.len() == 1 => databases.iter().next().unwrap().clone(),
-        None if databases.is_empty() => bail!(
-            "no backup with a manifest under {} (prefix {}); `leaflock-backup list` shows what is there",
+    let started = std::time::Instant::now();
+    let (storage, clock, catalog) = read_catalog(&dest, Some(scope.clone()), tolerance).await?;
+    if catalog.backups().next().is_none() {
+        bail!(
+            "no backup with a manifest of database {scope} under {} (prefix {}); \
+             `leaflock-backup list --all-databases` shows what is there",
             storage.describe(),
             dest.prefix()
-        ),
-        None => {
-            return usage(format!(
-                "--database / LEAFLOCK_BACKUP_REPORT_DATABASE: backups of several databases are under this prefix ({}); name one",
-                list_or_none(&databases)
-            ))
-        }
-    };
+        );
+    }
+    let database = scope.to_string();
     let data = report::build(
-        &entries,
+        &catalog,
+        &clock,
         &ReportContext {
             destination: storage.describe(),
             prefix: dest.prefix().to_string(),
-            database: &database,
             policy: policy.as_ref(),
-            now: Utc::now(),
         },
     );
     let text = if args.json {
@@ -93,20 +73,12 @@ pub async fn execute(args: &ReportArgs) -> Result<()> {
         anomalies = data.anomalies.len(),
         out = args.out.as_ref().map(|p| p.display().to_string()),
         format = if args.json { "json" } else { "html" },
-        duration_seconds = crate::commands::run::seconds(clock),
+        duration_seconds = crate::commands::run::seconds(started),
         "report written: {} backups of {database}, {} other objects under the prefix",
         data.backups.len(),
         data.anomalies.len()
     );
     Ok(())
-}
-
-fn list_or_none(names: &std::collections::BTreeSet<String>) -> String {
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.iter().cloned().collect::<Vec<_>>().join(", ")
-    }
 }
 
 /// Write through a temporary file beside `path`, renamed into place: a reader never

@@ -8,17 +8,21 @@
 //! seekable file) the archive is first spooled to a temporary file and verified, then
 //! restored.
 
-use crate::catalog::{self, Kind};
+use crate::catalog::Kind;
 use crate::cli::RestoreArgs;
-use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
+use crate::commands::read_catalog;
+use crate::config::{
+    check_tool_path, process_env, resolve_clock_tolerance, resolve_destination, resolve_keys,
+    resolve_scope,
+};
 use crate::conninfo::ConnInfo;
 use crate::database;
 use crate::error::{usage, UsageError};
 use crate::manifest::Manifest;
 use crate::pgtool::{self, PgTool, ToolProcess};
+use crate::readback;
 use crate::signals::Cancel;
 use crate::storage::Storage;
-use crate::{readback, storage};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::Stdio;
@@ -52,9 +56,10 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     let cancel = Cancel::install().context("cannot install signal handlers")?;
     let timeout = Duration::from_secs(args.connect_timeout.max(1));
 
-    let storage = storage::open(&dest).await?;
-    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
-    let entry = catalog::resolve(&entries, &args.key)?;
+    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let tolerance = resolve_clock_tolerance(&args.destination)?;
+    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance).await?;
+    let entry = catalog.resolve(&args.key)?;
     let keys = resolve_keys(&args.keys, &process_env)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => Some(manifest.as_ref()),

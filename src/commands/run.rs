@@ -11,17 +11,20 @@
 //! Once the object is complete, committing (manifest) runs to the end even if a signal
 //! arrives, so a signal never leaves an object without its manifest.
 
+use crate::catalog;
 use crate::cli::RunArgs;
+use crate::clock::Clock;
 use crate::config::{self, RunConfig};
 use crate::database;
 use crate::debris;
 use crate::drill::{self, DrillRecord};
 use crate::dump;
 use crate::error::LockHeld;
+use crate::gate;
 use crate::lock;
 use crate::logging::{self, Terminal};
 use crate::manifest::{self, CompressionInfo, Manifest};
-use crate::metrics::{BackupOutcome, DrillOutcome, Pushgateway};
+use crate::metrics::{BackupOutcome, CatalogFigures, DrillOutcome, Pushgateway};
 use crate::pgtool;
 use crate::pipeline::{self, StreamStats};
 use crate::progress::{human_bytes, Counters, Reporter};
@@ -77,15 +80,21 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
     // One run at a time: a second run exits 3 at once, before touching anything or
     // pushing metrics (the holder's run is the one that counts). The guard lives until
     // the end of the run, drill and push included.
-    let (result, _lock) =
-        match lock::acquire(&cfg.database.conn, cfg.database.connect_timeout, &run_id).await {
-            Ok(guard) => (
-                backup(cfg, &run_id, started, cancel, term).await,
-                Some(guard),
-            ),
-            Err(e) if e.downcast_ref::<LockHeld>().is_some() => return Err(e),
-            Err(e) => (Err(e.context("database")), None),
-        };
+    let (result, _lock) = match lock::acquire(
+        &cfg.database.conn,
+        cfg.database.connect_timeout,
+        &cfg.scope,
+        &run_id,
+    )
+    .await
+    {
+        Ok(guard) => (
+            backup(cfg, &run_id, started, cancel, term).await,
+            Some(guard),
+        ),
+        Err(e) if e.downcast_ref::<LockHeld>().is_some() => return Err(e),
+        Err(e) => (Err(e.context("database")), None),
+    };
     let duration = clock.elapsed().as_secs_f64();
     let finished = Utc::now();
     if let Ok(summary) = &result {
@@ -109,32 +118,12 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
     };
     let drill_failed = drill.as_ref().is_some_and(|d| !d.passed);
 
-    // Retention only after a verified success: a failed run (or drill) deletes nothing.
-    if let (Ok(summary), Some(policy), false) = (&result, &cfg.retention, drill_failed) {
-        let retention_clock = Instant::now();
-        match retention::apply(
-            summary.storage.as_ref(),
-            cfg.destination.prefix(),
-            policy,
-            false,
-        )
-        .await
-        {
-            Ok((kept, deleted)) => {
-                tracing::info!(
-                    kept,
-                    deleted,
-                    duration_seconds = seconds(retention_clock),
-                    "retention applied: {kept} kept, {deleted} deleted"
-                )
-            }
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                duration_seconds = seconds(retention_clock),
-                "retention failed (the new backup is stored; old ones may remain)"
-            ),
-        }
-    }
+    // The regression gate, then retention: only after a verified success, never on
+    // account of a suspect backup.
+    let (figures, suspect) = match &result {
+        Ok(summary) => settle(cfg, summary, drill_failed).await,
+        Err(_) => (None, false),
+    };
 
     if let Some(mcfg) = &cfg.metrics {
         let label = mcfg
@@ -148,6 +137,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
             stored_bytes: result.as_ref().ok().map(|s| s.stats.stored_bytes),
             uncompressed_bytes: result.as_ref().ok().map(|s| s.stats.uncompressed_bytes),
             next_run: cfg.schedule.as_ref().and_then(|s| s.next_after(finished)),
+            catalog: figures,
         };
         let drill = drill.as_ref().map(|d| DrillOutcome {
             success: d.passed,
@@ -158,6 +148,11 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
     }
 
     let summary = result?;
+    if suspect {
+        tracing::warn!(
+            "the backup is stored and kept, but suspect: retention waits for an operator"
+        );
+    }
     match drill {
         Some(d) if !d.passed => Err(anyhow!(
             "drill: restore drill failed (the backup is kept; it does not count as verified): {}",
@@ -182,6 +177,94 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
 /// Seconds since `clock`, to the millisecond, as end-of-work lines log them.
 pub fn seconds(clock: Instant) -> f64 {
     (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// After a stored backup: read the destination's catalog for this database, hold the
+/// new backup if it looks like a disaster (`gate.rs`), and apply retention unless the
+/// drill failed or the backup is suspect. Nothing here changes the run's outcome; a
+/// problem is logged. Returns the figures for the metrics and whether it is suspect.
+async fn settle(
+    cfg: &RunConfig,
+    summary: &Summary,
+    drill_failed: bool,
+) -> (Option<CatalogFigures>, bool) {
+    let storage = summary.storage.as_ref();
+    let prefix = cfg.destination.prefix();
+    let clock = Clock::read(storage, cfg.clock_tolerance).await;
+    let catalog = match catalog::scan(storage, prefix, clock.view(Some(cfg.scope.clone()))).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "cannot read the destination's catalog; no regression check, no retention this time"
+            );
+            return (None, false);
+        }
+    };
+    let mut figures = CatalogFigures {
+        suspect: catalog
+            .backups()
+            .filter(|e| e.unaccepted_suspect().is_some())
+            .count(),
+        future_dated: catalog.backups().filter(|e| e.anomaly.is_some()).count(),
+    };
+    let suspect = match &cfg.gate {
+        None => None,
+        Some(t) => match gate::check(storage, &catalog, &summary.manifest, t).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Unrecorded, a suspect would be forgotten by the next run: hold
+                // retention now and say so.
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "regression gate: cannot write the suspect record; no retention this time"
+                );
+                return (Some(figures), true);
+            }
+        },
+    };
+    if let Some(rec) = &suspect {
+        figures.suspect += 1;
+        tracing::error!(
+            key = %rec.object_key,
+            reference = %rec.reference_key,
+            findings = ?rec.findings,
+            "suspect backup {}: {} (compared with {}); it is kept, retention deletes nothing until an operator \
+             accepts it with `leaflock-backup prune --accept-suspect {}`",
+            rec.object_key,
+            rec.findings.join("; "),
+            rec.reference_key,
+            rec.object_key
+        );
+    }
+    if let (Some(policy), false, None) = (&cfg.retention, drill_failed, &suspect) {
+        let started = Instant::now();
+        match retention::apply(
+            storage,
+            &catalog,
+            &clock,
+            policy,
+            Some(&summary.manifest.object_key),
+            false,
+        )
+        .await
+        {
+            Ok(a) => tracing::info!(
+                kept = a.kept,
+                deleted = a.deleted,
+                duration_seconds = seconds(started),
+                "retention applied: {} kept, {} deleted",
+                a.kept,
+                a.deleted
+            ),
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                duration_seconds = seconds(started),
+                "retention failed (the new backup is stored; old ones may remain): {e:#}"
+            ),
+        }
+    }
+    (Some(figures), suspect.is_some())
 }
 
 fn log_summary(summary: &Summary, duration: f64) {
@@ -314,6 +397,7 @@ async fn backup(
         debris::sweep(
             storage.as_ref(),
             cfg.destination.prefix(),
+            &cfg.scope,
             cfg.orphan_grace,
             false,
         ),
@@ -371,7 +455,14 @@ async fn backup(
         Some(_) => format!("{}.age", cfg.compression.extension()),
         None => cfg.compression.extension().to_string(),
     };
-    let object_key = manifest::object_key(cfg.destination.prefix(), started, &extension);
+    let run_tail = run_id.rsplit('-').next().unwrap_or(run_id);
+    let object_key = manifest::object_key(
+        cfg.destination.prefix(),
+        &cfg.scope,
+        started,
+        run_tail,
+        &extension,
+    );
     let manifest_key = manifest::manifest_key(&object_key);
     if cancellable(cancel, storage.exists(&manifest_key))
         .await
@@ -473,6 +564,7 @@ async fn backup(
         run_id: run_id.into(),
         object_key: object_key.clone(),
         database: conn.dbname.clone(),
+        instance: cfg.scope.instance.clone(),
         server_version: version.text.clone(),
         server_version_num: version.num,
         pg_dump_version: tool.version.clone(),

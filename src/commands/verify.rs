@@ -3,11 +3,15 @@
 //! decompression to the end, and pg_restore reading every block of the archive
 //! (`pg_restore --file=/dev/null`). Exit 0 if intact, 1 if not, with the reason.
 
-use crate::catalog::{self, Kind};
+use crate::catalog::Kind;
 use crate::cli::VerifyArgs;
-use crate::config::{check_tool_path, process_env, resolve_destination, resolve_keys};
+use crate::commands::read_catalog;
+use crate::config::{
+    check_tool_path, process_env, resolve_clock_tolerance, resolve_destination, resolve_keys,
+    resolve_scope,
+};
 use crate::pgtool;
-use crate::{readback, storage};
+use crate::readback;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::process::Command;
 
@@ -18,10 +22,11 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
     let keys = resolve_keys(&args.keys, &process_env)?;
-    let clock = std::time::Instant::now();
-    let storage = storage::open(&dest).await?;
-    let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
-    let entry = catalog::resolve(&entries, &args.key)?;
+    let started = std::time::Instant::now();
+    let scope = resolve_scope(&args.destination, None, &process_env)?;
+    let tolerance = resolve_clock_tolerance(&args.destination)?;
+    let (storage, _, catalog) = read_catalog(&dest, Some(scope), tolerance).await?;
+    let entry = catalog.resolve(&args.key)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => manifest,
         Kind::Legacy => bail!(
@@ -58,7 +63,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         stored_bytes = fed.stored_bytes,
         uncompressed_bytes = fed.archive_bytes,
         sha256 = %fed.sha256,
-        duration_seconds = crate::commands::run::seconds(clock),
+        duration_seconds = crate::commands::run::seconds(started),
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
     println!(

@@ -52,6 +52,12 @@ table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { font-size: 12px; color: var(--muted); font-weight: normal; }
 td.num { text-align: right; white-space: nowrap; }
+td { overflow-wrap: anywhere; }
+#attention, #anomalies, #retention { table-layout: fixed; }
+#attention th:nth-child(1), #anomalies th:nth-child(1) { width: 120px; }
+#attention th:nth-child(2), #anomalies th:nth-child(2), #retention th:nth-child(1) { width: 130px; }
+#attention th:nth-child(3) { width: 38%; }
+#retention th:nth-child(2) { width: 80px; }
 td.key { font-family: "DejaVu Sans Mono", monospace; font-size: 12px; overflow-wrap: anywhere; }
 .badge { display: inline-block; border-radius: 4px; padding: 0 6px; font-size: 12px; margin: 1px 4px 1px 0; white-space: nowrap; }
 .badge.bad { background: #fee2e2; color: #991b1b; }
@@ -520,6 +526,12 @@ fn retention(r: &Report) -> Markup {
             p.none {
                 "No retention rule given. Pass the rules prune uses (--keep-last, --keep-daily, --keep-weekly, "
                 "--keep-monthly, --max-age or BACKUP_RETENTION_DAYS) to see what the next prune would keep and delete."
+            }
+        },
+        Some(plan) if plan.refused.is_some() => html! {
+            p {
+                span.badge.bad { "prune would delete nothing" } " "
+                (plan.refused.as_deref().unwrap_or_default())
             }
         },
         Some(plan) => html! {

@@ -8,10 +8,11 @@
 
 pub mod html;
 
-use crate::catalog::{Entry, Kind};
+use crate::catalog::{Catalog, Entry, Kind};
+use crate::clock::Clock;
 use crate::drill::DrillRecord;
 use crate::manifest::Manifest;
-use crate::retention::{self, Candidate, Policy};
+use crate::retention::{self, Policy, Refused};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,7 +35,8 @@ pub struct Report {
     /// Rows per table over time, the tables that matter most first.
     pub tables: Vec<TableHistory>,
     pub drills: DrillCounts,
-    /// What under the prefix is not a backup: debris, bad manifests, old archives.
+    /// What under the prefix is not a sound backup of this database: anomalies
+    /// (dated in the future, ...), debris, bad manifests, old archives.
     pub anomalies: Vec<Anomaly>,
     /// `None` when no retention rule was given.
     pub retention: Option<RetentionPlan>,
@@ -140,8 +142,36 @@ impl Highlight {
 /// about an entry is turned into labels here, and only here.
 pub fn highlights(entry: &Entry) -> Vec<Highlight> {
     let mut out = Vec::new();
+    if let Some(why) = &entry.anomaly {
+        out.push(Highlight::new(
+            "anomaly",
+            Severity::Bad,
+            format!("{why}: never latest, never a retention candidate"),
+        ));
+    }
     match &entry.kind {
-        Kind::Backup { drill, .. } => {
+        Kind::Backup { drill, suspect, .. } => {
+            match suspect {
+                Some(s) if s.accepted() => out.push(Highlight::new(
+                    "suspect_accepted",
+                    Severity::Info,
+                    format!(
+                        "held by the regression gate, accepted by an operator: {}",
+                        s.findings.join("; ")
+                    ),
+                )),
+                Some(s) => out.push(Highlight::new(
+                    "suspect",
+                    Severity::Bad,
+                    format!(
+                        "suspect (compared with {}): {}; retention waits until an operator accepts it \
+                         (prune --accept-suspect)",
+                        s.reference_key,
+                        s.findings.join("; ")
+                    ),
+                )),
+                None => {}
+            }
             if let Some(d) = drill.as_ref().filter(|d| !d.passed) {
                 out.push(Highlight::new(
                     "drill_failed",
@@ -215,6 +245,9 @@ pub struct Anomaly {
 pub struct RetentionPlan {
     /// The rules, as flags (`--keep-last 3, --max-age 30`).
     pub policy: String,
+    /// Why the next prune would delete nothing at all (clocks disagree, the newest
+    /// backup is an unaccepted suspect, ...); `None` when it would apply the plan.
+    pub refused: Option<String>,
     pub keep: usize,
     pub delete: usize,
     /// Newest first, as `prune --dry-run` prints them.
@@ -230,47 +263,28 @@ pub struct RetentionDecision {
     pub reasons: Vec<String>,
 }
 
-/// The databases with backups under the prefix, by name.
-pub fn databases(entries: &[Entry]) -> BTreeSet<String> {
-    entries
-        .iter()
-        .filter_map(Entry::manifest)
-        .map(|m| m.database.clone())
-        .collect()
-}
-
-/// The candidates retention weighs for `database`: its backups, with whether their
-/// latest drill passed (as `retention::apply` sees them).
-pub fn retention_candidates(entries: &[Entry], database: &str) -> Vec<Candidate> {
-    entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Kind::Backup { manifest, drill } if manifest.database == database => Some(Candidate {
-                key: e.key.clone(),
-                time: manifest.started_at,
-                verified: drill.as_ref().is_some_and(|d| d.passed),
-            }),
-            _ => None,
-        })
-        .collect()
-}
-
 /// What the report needs besides the catalog.
 pub struct Context<'a> {
     pub destination: String,
     pub prefix: String,
-    pub database: &'a str,
     pub policy: Option<&'a Policy>,
-    pub now: DateTime<Utc>,
 }
 
-pub fn build(entries: &[Entry], cx: &Context) -> Report {
-    let mut own: Vec<(&Entry, &Manifest, Option<&DrillRecord>)> = entries
-        .iter()
+/// The report of the catalog's scope (one database), at the clock's time.
+pub fn build(catalog: &Catalog, clock: &Clock, cx: &Context) -> Report {
+    let database = catalog
+        .view
+        .scope
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let mut own: Vec<(&Entry, &Manifest, Option<&DrillRecord>)> = catalog
+        .backups()
+        .filter(|e| e.anomaly.is_none())
         .filter_map(|e| match &e.kind {
-            Kind::Backup { manifest, drill } if manifest.database == cx.database => {
-                Some((e, manifest.as_ref(), drill.as_ref()))
-            }
+            Kind::Backup {
+                manifest, drill, ..
+            } => Some((e, manifest.as_ref(), drill.as_ref())),
             _ => None,
         })
         .collect();
@@ -313,9 +327,9 @@ pub fn build(entries: &[Entry], cx: &Context) -> Report {
         })
         .collect();
 
-    let anomalies = entries
-        .iter()
-        .filter(|e| !matches!(e.kind, Kind::Backup { .. }))
+    let anomalies = catalog
+        .visible()
+        .filter(|e| !matches!(e.kind, Kind::Backup { .. }) || e.anomaly.is_some())
         .map(|e| Anomaly {
             key: e.key.clone(),
             time: e.time,
@@ -325,18 +339,25 @@ pub fn build(entries: &[Entry], cx: &Context) -> Report {
         .collect();
 
     let retention = cx.policy.map(|policy| {
-        let decisions: Vec<RetentionDecision> =
-            retention::plan(&retention_candidates(entries, cx.database), policy, cx.now)
-                .into_iter()
-                .map(|d| RetentionDecision {
-                    keep: d.keep(),
-                    key: d.key,
-                    time: d.time,
-                    reasons: d.reasons,
-                })
-                .collect();
+        let (decisions, refused) = match retention::decide(catalog, clock, policy, None) {
+            Ok(d) => (d, None),
+            Err(e) => match e.downcast_ref::<Refused>() {
+                Some(r) => (Vec::new(), Some(r.0.clone())),
+                None => (Vec::new(), Some(format!("{e:#}"))),
+            },
+        };
+        let decisions: Vec<RetentionDecision> = decisions
+            .into_iter()
+            .map(|d| RetentionDecision {
+                keep: d.keep(),
+                key: d.key,
+                time: d.time,
+                reasons: d.reasons,
+            })
+            .collect();
         RetentionPlan {
             policy: describe_policy(policy),
+            refused,
             keep: decisions.iter().filter(|d| d.keep).count(),
             delete: decisions.iter().filter(|d| !d.keep).count(),
             decisions,
@@ -345,15 +366,20 @@ pub fn build(entries: &[Entry], cx: &Context) -> Report {
 
     Report {
         format_version: FORMAT_VERSION,
-        generated_at: cx.now,
+        generated_at: clock.now(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         destination: cx.destination.clone(),
         prefix: cx.prefix.clone(),
-        database: cx.database.to_string(),
-        other_databases: databases(entries)
+        other_databases: catalog
+            .entries
+            .iter()
+            .filter_map(Entry::scope)
+            .map(|s| s.to_string())
+            .filter(|d| *d != database)
+            .collect::<BTreeSet<String>>()
             .into_iter()
-            .filter(|d| d != cx.database)
             .collect(),
+        database,
         tables: table_histories(&own.iter().map(|(_, m, _)| *m).collect::<Vec<_>>()),
         backups,
         drills,
@@ -458,6 +484,7 @@ mod tests {
             run_id: format!("r{day}"),
             object_key: key,
             database: "notes".into(),
+            instance: None,
             server_version: "15.18".into(),
             server_version_num: 150018,
             pg_dump_version: "pg_dump (PostgreSQL) 15.18".into(),
@@ -512,11 +539,32 @@ mod tests {
             key: m.object_key.clone(),
             time: Some(m.started_at),
             size: m.stored_bytes,
+            database: Some("notes".into()),
+            instance: None,
+            anomaly: None,
+            latest: false,
             kind: Kind::Backup {
                 manifest: Box::new(m),
                 drill,
+                suspect: None,
             },
         }
+    }
+
+    /// The catalog of database notes holding `entries`, and a clock reading `now`.
+    fn catalog(entries: Vec<Entry>, now: DateTime<Utc>) -> (Catalog, Clock) {
+        let tolerance = Duration::minutes(5);
+        let view = crate::catalog::View {
+            scope: Some(crate::scope::Scope::new("notes", None)),
+            now,
+            tolerance,
+        };
+        let clock = Clock {
+            local: now,
+            server: None,
+            tolerance,
+        };
+        (Catalog { entries, view }, clock)
     }
 
     #[test]
@@ -581,11 +629,10 @@ mod tests {
             let cx = Context {
                 destination: "d".into(),
                 prefix: "p/".into(),
-                database: "notes",
                 policy: Some(&policy),
-                now: Utc::now(),
             };
-            let r = build(&entries, &cx);
+            let (c, clock) = catalog(entries, Utc::now());
+            let r = build(&c, &clock, &cx);
             proptest::prop_assert_eq!(r.backups.len(), rows.len());
             let page = html::render(&r);
             proptest::prop_assert!(page.contains("</html>"));
@@ -602,6 +649,10 @@ mod tests {
                 key: "backups/leaflock_backup_20261102T030000Z.manifest.json".into(),
                 time: None,
                 size: 9,
+                database: None,
+                instance: None,
+                anomaly: None,
+                latest: false,
                 kind: Kind::BadManifest {
                     error: "not a valid manifest: <b>".into(),
                 },
@@ -614,11 +665,10 @@ mod tests {
         let cx = Context {
             destination: "s3://b".into(),
             prefix: "backups/".into(),
-            database: "notes",
             policy: Some(&policy),
-            now: Utc.with_ymd_and_hms(2026, 11, 4, 0, 0, 0).unwrap(),
         };
-        let r = build(&entries, &cx);
+        let (c, clock) = catalog(entries, Utc.with_ymd_and_hms(2026, 11, 4, 0, 0, 0).unwrap());
+        let r = build(&c, &clock, &cx);
         let outcomes: Vec<DrillOutcome> = r.backups.iter().map(|b| b.drill).collect();
         assert_eq!(
             outcomes,

@@ -49,6 +49,12 @@ pub trait Storage: Send + Sync {
     /// Check that the destination is reachable and writable before any work.
     async fn preflight(&self) -> Result<()>;
 
+    /// The destination's own clock, when it has one (S3: the `Date` header of a
+    /// response), as a second opinion on the local clock.
+    async fn server_time(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(None)
+    }
+
     /// Start writing an object at `key`.
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
 
@@ -73,6 +79,11 @@ pub trait Storage: Send + Sync {
 
     /// Uploads under `prefix` that were started and never finished nor aborted.
     async fn list_unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>>;
+
+    /// When an unfinished upload last received data (S3: its newest part), if known.
+    async fn last_written(&self, u: &Unfinished) -> Result<Option<DateTime<Utc>>> {
+        Ok(u.started)
+    }
 
     /// Abort one unfinished upload (S3) or remove its temporary file (local). One that
     /// is already gone is not an error.

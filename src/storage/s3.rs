@@ -114,6 +114,29 @@ pub async fn client(cfg: &S3Config) -> Client {
     Client::from_conf(b.build())
 }
 
+/// Keeps the `Date` header of a response: the S3 server's clock, a second opinion on
+/// the local one (see `clock.rs`).
+#[derive(Debug, Default, Clone)]
+struct DateCapture(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl aws_sdk_s3::config::Intercept for DateCapture {
+    fn name(&self) -> &'static str {
+        "DateCapture"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        if let Some(d) = ctx.response().headers().get("date") {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.to_string());
+        }
+        Ok(())
+    }
+}
+
 /// Some S3-compatible servers (SeaweedFS among them) repeat the SSE-C key MD5 response
 /// header (`x, x`), which the SDK refuses to parse. Identical repeats are folded into
 /// one value; anything else is left for the SDK to reject.
@@ -209,6 +232,26 @@ impl Storage for S3Storage {
                 Err(anyhow!("S3 bucket {} is not usable: {why}", self.where_))
             }
         }
+    }
+
+    async fn server_time(&self) -> Result<Option<DateTime<Utc>>> {
+        let date = DateCapture::default();
+        // Any answer carries the server's Date, an error (403 for a key without
+        // s3:ListBucket) as well as a success.
+        let _ = self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .customize()
+            .interceptor(date.clone())
+            .send()
+            .await;
+        let text = date.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(text.and_then(|t| {
+            DateTime::parse_from_rfc2822(t.trim())
+                .ok()
+                .map(|d| d.with_timezone(&Utc))
+        }))
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
@@ -442,6 +485,45 @@ impl Storage for S3Storage {
             (key_marker, id_marker) = next;
         }
         Ok(out)
+    }
+
+    async fn last_written(&self, u: &Unfinished) -> Result<Option<DateTime<Utc>>> {
+        let mut newest = u.started;
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(&u.key)
+                .upload_id(&u.id)
+                .set_part_number_marker(marker.clone())
+                .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
+                .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
+                .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot list the parts of the unfinished upload {} in {}: {}",
+                        u.key,
+                        self.where_,
+                        describe_error(&e)
+                    )
+                })?;
+            for p in page.parts() {
+                let t = p
+                    .last_modified()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()));
+                newest = newest.max(t);
+            }
+            let next = page.next_part_number_marker().map(str::to_string);
+            if page.is_truncated() != Some(true) || next.is_none() || next == marker {
+                break;
+            }
+            marker = next;
+        }
+        Ok(newest)
     }
 
     async fn discard_unfinished(&self, u: &Unfinished) -> Result<()> {

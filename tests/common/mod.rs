@@ -226,9 +226,27 @@ pub fn runner() -> Command {
     cmd
 }
 
+/// The database whose backups a test keeps under each prefix: set by [`s3_run`], read by
+/// [`s3_cmd`], so that the read commands act on that database (`--database`), as an
+/// operator's would with the same settings.
+fn prefix_databases() -> &'static std::sync::Mutex<HashMap<String, String>> {
+    static M: OnceLock<std::sync::Mutex<HashMap<String, String>>> = OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+/// The database a PostgreSQL URL names.
+pub fn url_dbname(url: &str) -> String {
+    let path = url.rsplit('/').next().unwrap_or_default();
+    path.split('?').next().unwrap_or_default().to_string()
+}
+
 /// A `run` against the test bed's S3 under `prefix`, with metrics grouped under
 /// `metrics_db`.
 pub fn s3_run(db_url: &str, prefix: &str, metrics_db: &str) -> Command {
+    prefix_databases()
+        .lock()
+        .unwrap()
+        .insert(prefix.to_string(), url_dbname(db_url));
     let mut cmd = runner();
     cmd.arg("run")
         .env("LEAFLOCK_BACKUP_DATABASE_URL", db_url)
@@ -238,11 +256,15 @@ pub fn s3_run(db_url: &str, prefix: &str, metrics_db: &str) -> Command {
     cmd
 }
 
-/// Another subcommand (`list`, `verify`, `restore`, `drill`) against the test bucket.
+/// Another subcommand (`list`, `verify`, `restore`, `drill`) against the test bucket,
+/// acting on the database last backed up under `prefix` by [`s3_run`] (if any).
 pub fn s3_cmd(sub: &str, prefix: &str) -> Command {
     let mut cmd = runner();
     cmd.arg(sub);
     s3_env(&mut cmd, prefix);
+    if let Some(db) = prefix_databases().lock().unwrap().get(prefix) {
+        cmd.env("LEAFLOCK_BACKUP_DATABASE", db);
+    }
     cmd
 }
 
