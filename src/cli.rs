@@ -54,6 +54,10 @@ pub enum Command {
     /// Make an Ed25519 signing key pair: the private key (mode 0600) for
     /// --signing-key-file, the public key (printed, and in FILE.pub) for --trusted-key.
     Keygen(KeygenArgs),
+    /// One database's backup history as a self-contained HTML page (or JSON): size,
+    /// duration and rows per table over time, drill outcomes, what needs attention, and
+    /// what the next prune would keep and delete. Reads the bucket only.
+    Report(Box<ReportArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -297,6 +301,28 @@ pub struct ListArgs {
     /// List the backups of every database under the prefix, not only --database's.
     #[arg(long, env = "LEAFLOCK_BACKUP_LIST_ALL_DATABASES")]
     pub all_databases: bool,
+
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// Write the report to FILE (replaced whole, private to its owner) instead of stdout.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_OUT", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// The report's data as JSON instead of HTML.
+    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_JSON")]
+    pub json: bool,
+
+    // The retention rules prune runs with: the report shows what the next prune would
+    // keep, delete, and why. Without a rule, no plan is shown.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     #[command(flatten)]
     pub trust: TrustArgs,

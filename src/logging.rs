@@ -3,8 +3,11 @@
 //!
 //! Every JSON line carries `ts`, `level`, `msg`, `component` ("backup", as LeafLock's
 //! logs do), `run_id` and `request_id` (the same id, LeafLock's field name), then the
-//! event's own fields (`bytes`, `duration_seconds`, ...). Secrets never reach a log
-//! call: URLs are logged through `ConnInfo::redacted`.
+//! event's own fields (`bytes`, `duration_seconds`, ...). A line that ends a unit of
+//! work (upload, backup, drill, retention, metrics push, run, restore, verify, prune,
+//! a failed command) has `duration_seconds`, and every line that has it also carries
+//! `latency`, the same figure under the field name LeafLock's log panels read.
+//! Secrets never reach a log call: URLs are logged through `ConnInfo::redacted`.
 
 use crate::cli::{LogArgs, LogFormat};
 use std::io::{IsTerminal, Write};
@@ -144,6 +147,9 @@ where
         if let Some(id) = RUN_ID.lock().unwrap().clone() {
             line.insert("run_id".into(), id.clone().into());
             line.insert("request_id".into(), id.clone().into());
+        }
+        if let Some(d) = fields.get("duration_seconds").cloned() {
+            fields.entry("latency").or_insert(d);
         }
         line.extend(fields);
         let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;

@@ -25,6 +25,7 @@ mod pgtool;
 mod pipeline;
 mod progress;
 mod readback;
+mod report;
 mod retention;
 mod schedule;
 mod scope;
@@ -36,8 +37,11 @@ use clap::Parser;
 use std::time::Duration;
 
 fn main() {
+    let clock = std::time::Instant::now();
     let cli = cli::Cli::parse();
     let term = logging::init(&cli.log);
+    // Every command's lines share a request id; `run` and `schedule` set one per run.
+    logging::set_run_id(&commands::run::new_run_id(chrono::Utc::now()));
     pipeline::return_freed_buffers_to_the_os();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -61,6 +65,7 @@ fn main() {
             cli::Command::Prune(args) => commands::prune::execute(args).await,
             cli::Command::Schedule(args) => commands::schedule::execute(args, term).await,
             cli::Command::Keygen(args) => commands::keygen::execute(args),
+            cli::Command::Report(args) => commands::report::execute(args).await,
         }
     });
     let code = match result {
@@ -76,10 +81,16 @@ fn main() {
                     cli::Command::Restore(_) => "restore failed",
                     cli::Command::Drill(_) => "restore drill failed",
                     cli::Command::Prune(_) => "prune failed",
+                    cli::Command::Report(_) => "report failed",
                     _ => "failed",
                 },
             };
-            tracing::error!(error = format!("{e:#}"), exit_code = code, "{what}: {e:#}");
+            tracing::error!(
+                error = format!("{e:#}"),
+                exit_code = code,
+                duration_seconds = commands::run::seconds(clock),
+                "{what}: {e:#}"
+            );
             code
         }
     };

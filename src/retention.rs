@@ -191,19 +191,18 @@ pub struct Applied {
     pub deleted: usize,
 }
 
-/// Plan over the backups of the catalog's scope and, unless `dry_run`, delete what
-/// the plan does not keep. Refuses (with [`Refused`], deleting nothing) when the two
-/// clocks disagree, when the newest backup is a suspect nobody accepted, or when the
-/// plan would keep nothing. `own` (the backup a run has just made) and suspects
-/// awaiting an operator are always kept; anomalies are never candidates.
-pub async fn apply(
-    storage: &dyn Storage,
+/// What retention would keep and delete over the backups of the catalog's scope, and
+/// why, without touching anything (`apply` and `report` both decide here). Refuses
+/// (with [`Refused`]) when the two clocks disagree, when the newest backup is a suspect
+/// nobody accepted, or when the plan would keep nothing. `own` (the backup a run has
+/// just made) and suspects awaiting an operator are always kept; anomalies are never
+/// candidates.
+pub fn decide(
     catalog: &Catalog,
     clock: &Clock,
     policy: &Policy,
     own: Option<&str>,
-    dry_run: bool,
-) -> anyhow::Result<Applied> {
+) -> anyhow::Result<Vec<Decision>> {
     if catalog.view.scope.is_none() {
         anyhow::bail!("retention acts on one database at a time");
     }
@@ -215,10 +214,6 @@ pub async fn apply(
             clock.tolerance.num_seconds()
         ))
         .into());
-    }
-    for e in catalog.backups().filter(|e| e.anomaly.is_some()) {
-        tracing::warn!(key = %e.key, anomaly = ?e.anomaly, "not a retention candidate: {} ({})",
-            e.key, e.anomaly.as_deref().unwrap_or_default());
     }
     // Sound backups the trust policy counts; the others are judged apart
     // (`untrusted_decisions`).
@@ -269,6 +264,27 @@ pub async fn apply(
     if !decisions.is_empty() && !decisions.iter().any(Decision::keep) {
         return Err(Refused("the policy would delete every backup of this database".into()).into());
     }
+    Ok(decisions)
+}
+
+/// Plan over the backups of the catalog's scope and, unless `dry_run`, delete what
+/// the plan does not keep. Refuses (with [`Refused`], deleting nothing) when the two
+/// clocks disagree, when the newest backup is a suspect nobody accepted, or when the
+/// plan would keep nothing. `own` (the backup a run has just made) and suspects
+/// awaiting an operator are always kept; anomalies are never candidates.
+pub async fn apply(
+    storage: &dyn Storage,
+    catalog: &Catalog,
+    clock: &Clock,
+    policy: &Policy,
+    own: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Applied> {
+    for e in catalog.backups().filter(|e| e.anomaly.is_some()) {
+        tracing::warn!(key = %e.key, anomaly = ?e.anomaly, "not a retention candidate: {} ({})",
+            e.key, e.anomaly.as_deref().unwrap_or_default());
+    }
+    let decisions = decide(catalog, clock, policy, own)?;
     let mut out = Applied::default();
     for d in &decisions {
         if d.keep() {

@@ -991,12 +991,18 @@ fn dashboard() -> Json {
     serde_json::from_str(&read("monitoring/grafana-dashboard.json")).expect("dashboard JSON")
 }
 
-/// (panel title, expression) of every target.
+/// The panels that read Prometheus (every one but the log panel).
+fn is_log_panel(p: &Json) -> bool {
+    p["type"] == "logs"
+}
+
+/// (panel title, expression) of every Prometheus target.
 fn dashboard_exprs(d: &Json) -> Vec<(String, String)> {
     d["panels"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|p| !is_log_panel(p))
         .flat_map(|p| {
             let title = p["title"].as_str().unwrap().to_string();
             p["targets"]
@@ -1017,9 +1023,8 @@ fn dashboard_is_well_formed_and_uses_only_pushed_metrics() {
     let vars = d["templating"]["list"].as_array().unwrap();
     let ds = vars
         .iter()
-        .find(|v| v["type"] == "datasource")
-        .expect("a data source variable");
-    assert_eq!(ds["query"], "prometheus");
+        .find(|v| v["type"] == "datasource" && v["query"] == "prometheus")
+        .expect("a Prometheus data source variable");
     let ds_ref = format!("${{{}}}", ds["name"].as_str().unwrap());
     let var_names: BTreeSet<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
     let panels = d["panels"].as_array().unwrap();
@@ -1032,6 +1037,9 @@ fn dashboard_is_well_formed_and_uses_only_pushed_metrics() {
             "duplicate id: {title}"
         );
         assert!(p["type"].is_string() && p["gridPos"]["w"].as_i64().unwrap() > 0);
+        if is_log_panel(p) {
+            continue; // checked below, with its own data source
+        }
         assert_eq!(
             p["datasource"]["uid"].as_str(),
             Some(ds_ref.as_str()),
@@ -1055,6 +1063,21 @@ fn dashboard_is_well_formed_and_uses_only_pushed_metrics() {
                     "{title}: ${name} undefined"
                 );
             }
+        }
+    }
+    // Panels on Grafana's 24-column grid, none over another.
+    let cells = |p: &Json| {
+        let g = &p["gridPos"];
+        let n = |k: &str| g[k].as_i64().unwrap();
+        (n("x"), n("y"), n("w"), n("h"))
+    };
+    for (i, a) in panels.iter().enumerate() {
+        let (x, y, w, h) = cells(a);
+        assert!(x >= 0 && y >= 0 && h > 0 && x + w <= 24, "{}", a["title"]);
+        for b in &panels[i + 1..] {
+            let (x2, y2, w2, h2) = cells(b);
+            let apart = x + w <= x2 || x2 + w2 <= x || y + h <= y2 || y2 + h2 <= y;
+            assert!(apart, "{} overlaps {}", a["title"], b["title"]);
         }
     }
     // What the dashboard shows: last success, outcomes, duration, size, drills.
@@ -1085,6 +1108,129 @@ fn dashboard_is_well_formed_and_uses_only_pushed_metrics() {
             );
         }
     }
+}
+
+/// The log panel, by the same panel schema as the others (Grafana and Loki are not
+/// part of the test bed: the JSON is checked here, and the query by its structure): a
+/// `logs` panel on a Loki data source variable of its own, reading the stream selector
+/// from a variable, keeping the runner's lines (`component="backup"`) that end a unit
+/// of work (they carry `latency`) or are warnings and errors.
+#[test]
+fn dashboard_log_panel_shows_the_summary_and_error_lines_of_component_backup() {
+    let d = dashboard();
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let var = |name: &str| vars.iter().find(|v| v["name"] == name);
+    let logs: Vec<&Json> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| is_log_panel(p))
+        .collect();
+    assert_eq!(logs.len(), 1, "one log panel");
+    let p = logs[0];
+    let title = p["title"].as_str().unwrap();
+    assert!(!title.is_empty() && !p["description"].as_str().unwrap().is_empty());
+
+    // Its data source: a variable of type datasource for Loki.
+    let ds_uid = p["datasource"]["uid"].as_str().unwrap();
+    assert_eq!(p["datasource"]["type"], "loki", "{title}");
+    let ds_name = ds_uid
+        .strip_prefix("${")
+        .and_then(|s| s.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("{title}: data source {ds_uid} is not a variable"));
+    let ds = var(ds_name).unwrap_or_else(|| panic!("${ds_name} undefined"));
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "loki");
+
+    let targets = p["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 1);
+    let t = &targets[0];
+    assert_eq!(t["refId"], "A");
+    assert_eq!(t["datasource"]["uid"].as_str(), Some(ds_uid));
+    assert_eq!(t["datasource"]["type"], "loki");
+    assert_eq!(t["queryType"], "range");
+    let expr = t["expr"].as_str().unwrap();
+
+    // Every $variable it uses is defined; the stream selector's default is a LogQL
+    // selector of label matchers.
+    for v in expr.split('$').skip(1) {
+        let name: String = v
+            .trim_start_matches('{')
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        assert!(var(&name).is_some(), "{title}: ${name} undefined");
+    }
+    let selector_var = var("log_selector").expect("a log_selector variable");
+    assert_eq!(selector_var["type"], "textbox");
+    let selector = selector_var["query"].as_str().unwrap();
+    assert_eq!(selector_var["current"]["value"].as_str(), Some(selector));
+    let inner = selector
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not a stream selector: {selector}"));
+    for matcher in inner.split(", ") {
+        let (label, value) = ["=~", "!~", "!=", "="]
+            .iter()
+            .find_map(|op| matcher.split_once(op))
+            .unwrap_or_else(|| panic!("not a label matcher: {matcher}"));
+        assert!(
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{matcher}"
+        );
+        assert!(value.len() >= 2 && value.starts_with('"') && value.ends_with('"'));
+    }
+
+    // The pipeline: selector | json | the filter | a line format; quotes, braces and
+    // parentheses balanced.
+    let stages: Vec<&str> = expr.split(" | ").collect();
+    assert_eq!(stages[0], "$log_selector", "{expr}");
+    assert_eq!(stages[1], "json", "{expr}");
+    let filter = stages[2];
+    assert!(filter.starts_with("component=\"backup\""), "{filter}");
+    assert!(filter.contains("latency!=\"\""), "summary lines: {filter}");
+    assert!(
+        filter.contains("level=~\"error|warn\""),
+        "errors and warnings: {filter}"
+    );
+    assert!(stages[3].starts_with("line_format \""), "{expr}");
+    assert_eq!(expr.matches('"').count() % 2, 0, "{expr}");
+    for (open, close) in [('(', ')'), ('{', '}')] {
+        assert_eq!(
+            expr.matches(open).count(),
+            expr.matches(close).count(),
+            "{expr}"
+        );
+    }
+    // The line format names only fields the runner writes.
+    let logging = read("src/logging.rs");
+    for field in stages[3].split("{{").skip(1) {
+        let name = field
+            .trim_start_matches("if ")
+            .trim_start_matches('.')
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .next()
+            .unwrap();
+        if name.is_empty() || name == "end" {
+            continue;
+        }
+        assert!(
+            logging.contains(&format!("\"{name}\"")),
+            "{name} is not a field of the runner's JSON lines"
+        );
+    }
+    // A logs panel's options as Grafana's panel schema names them.
+    let o = &p["options"];
+    for key in [
+        "showTime",
+        "wrapLogMessage",
+        "enableLogDetails",
+        "sortOrder",
+        "dedupStrategy",
+    ] {
+        assert!(!o[key].is_null(), "{title}: options.{key}");
+    }
+    assert_eq!(o["sortOrder"], "Descending");
 }
 
 // ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ pub mod keygen;
 pub mod list;
 pub mod next_run;
 pub mod prune;
+pub mod report;
 pub mod restore;
 pub mod run;
 pub mod schedule;

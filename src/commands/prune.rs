@@ -27,6 +27,7 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
         );
     }
     let grace = resolve_orphan_grace(&args.retention)?;
+    let started = std::time::Instant::now();
     let database = resolve_database(&args.database, &process_env)?;
     let scope = resolve_scope(
         &args.destination,
@@ -107,6 +108,7 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
         debris_uploads = swept.uploads,
         debris_objects = swept.objects,
         dry_run = args.dry_run,
+        duration_seconds = crate::commands::run::seconds(started),
         "{}: {} kept, {} {}",
         if args.dry_run { "dry run" } else { "pruned" },
         applied.kept,

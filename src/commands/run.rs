@@ -148,7 +148,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
         push_metrics(mcfg, &label, Some(&backup), drill.as_ref(), untrusted).await;
     }
 
-    result?;
+    let summary = result?;
     if suspect {
         tracing::warn!(
             "the backup is stored and kept, but suspect: retention waits for an operator"
@@ -159,8 +159,25 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
             "drill: restore drill failed (the backup is kept; it does not count as verified): {}",
             d.failures.join("; ")
         )),
-        _ => Ok(()),
+        _ => {
+            tracing::info!(
+                key = %summary.manifest.object_key,
+                status = "success",
+                restore_drill = drill.is_some(),
+                duration_seconds = seconds(clock),
+                "run complete: {} stored{} in {:.1} s",
+                summary.manifest.object_key,
+                if drill.is_some() { " and drilled" } else { "" },
+                clock.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
     }
+}
+
+/// Seconds since `clock`, to the millisecond, as end-of-work lines log them.
+pub fn seconds(clock: Instant) -> f64 {
+    (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// After a stored backup: read the destination's catalog for this database, hold the
@@ -224,6 +241,7 @@ async fn settle(
         );
     }
     if let (Some(policy), false, None) = (&cfg.retention, drill_failed, &suspect) {
+        let started = Instant::now();
         match retention::apply(
             storage,
             &catalog,
@@ -237,12 +255,14 @@ async fn settle(
             Ok(a) => tracing::info!(
                 kept = a.kept,
                 deleted = a.deleted,
+                duration_seconds = seconds(started),
                 "retention applied: {} kept, {} deleted",
                 a.kept,
                 a.deleted
             ),
             Err(e) => tracing::error!(
                 error = format!("{e:#}"),
+                duration_seconds = seconds(started),
                 "retention failed (the new backup is stored; old ones may remain): {e:#}"
             ),
         }
@@ -331,6 +351,7 @@ pub async fn push_metrics(
     drill: Option<&DrillOutcome>,
     untrusted: Option<usize>,
 ) {
+    let clock = Instant::now();
     let result = match Pushgateway::new(mcfg) {
         Ok(pg) => pg.push(label, backup, drill, untrusted).await,
         Err(e) => Err(e),
@@ -338,6 +359,7 @@ pub async fn push_metrics(
     match result {
         Ok(report) => tracing::info!(
             pushgateway = %mcfg.url,
+            duration_seconds = seconds(clock),
             backup_status = backup.map(|b| if b.success { "success" } else { "failure" }),
             drill_status = drill.map(|d| if d.success { "success" } else { "failure" }),
             success_total = report.state.success_total,
@@ -348,6 +370,7 @@ pub async fn push_metrics(
         Err(e) => tracing::warn!(
             pushgateway = %mcfg.url,
             error = format!("{e:#}"),
+            duration_seconds = seconds(clock),
             "could not push metrics to the Pushgateway at {}; the outcome is unaffected",
             mcfg.url
         ),
@@ -462,6 +485,7 @@ async fn backup(
     }
 
     let counters = Arc::new(Counters::default());
+    let upload_clock = Instant::now();
     let (dump, stdout) = dump::spawn(&tool, conn, &snap.id).context("dump")?;
     tracing::debug!(pid = dump.pid(), "pg_dump started");
     let writer = match cancellable(cancel, storage.create(&object_key)).await {
@@ -535,6 +559,15 @@ async fn backup(
             stats.stored_bytes
         );
     }
+    tracing::info!(
+        key = %object_key,
+        destination = %storage.describe(),
+        stored_bytes = stored,
+        duration_seconds = seconds(upload_clock),
+        "upload complete: {object_key} ({}) in {:.1} s; writing the manifest",
+        human_bytes(stored),
+        upload_clock.elapsed().as_secs_f64()
+    );
     drop(client); // ends the snapshot transaction; pg_dump has exited.
     let finished = Utc::now();
     let manifest = Manifest {

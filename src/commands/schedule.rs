@@ -47,6 +47,7 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
             _ = tokio::time::sleep(wait) => {}
         }
         runs += 1;
+        let clock = std::time::Instant::now();
         let result = run_once(&cfg, &cancel, term).await;
         if let Some(sig) = cancel.signal() {
             tracing::info!(signal = sig, runs, "{sig} during a run: stopping after it");
@@ -57,6 +58,7 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
             tracing::error!(
                 error = format!("{e:#}"),
                 exit_code = code,
+                duration_seconds = crate::commands::run::seconds(clock),
                 "this run failed; waiting for the next slot"
             );
         }

@@ -22,6 +22,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
     let keys = resolve_keys(&args.keys, &process_env)?;
+    let started = std::time::Instant::now();
     let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
     let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
@@ -64,6 +65,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         stored_bytes = fed.stored_bytes,
         uncompressed_bytes = fed.archive_bytes,
         sha256 = %fed.sha256,
+        duration_seconds = crate::commands::run::seconds(started),
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
     println!(
