@@ -27,6 +27,7 @@ mod readback;
 mod retention;
 mod schedule;
 mod signals;
+mod sqlscript;
 mod storage;
 
 use clap::Parser;

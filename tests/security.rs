@@ -39,3 +39,231 @@ fn pushgateway_over_http_works_without_a_system_ca_store() {
     );
     drop_db(Pg::V15, &name);
 }
+
+/// An old-script archive of `sql`, made as the old script made them: gzip, then
+/// `openssl enc -aes-256-cbc -salt -pass pass:…`.
+fn old_archive(sql: &str, password: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dump.sql");
+    std::fs::write(&path, sql).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; gzip -c '{}' | openssl enc -aes-256-cbc -salt -pass 'pass:{password}'",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The head of a `pg_dump --clean --if-exists --create` script of database `src`.
+fn dump_head(src: &str) -> String {
+    format!(
+        "--\n-- PostgreSQL database dump\n--\n\n\\restrict abcDEF123\n\n\
+         SET statement_timeout = 0;\nSET lock_timeout = 0;\nSET client_encoding = 'UTF8';\n\
+         SET standard_conforming_strings = on;\n\
+         SELECT pg_catalog.set_config('search_path', '', false);\n\
+         SET check_function_bodies = false;\nSET client_min_messages = warning;\n\n\
+         DROP DATABASE IF EXISTS {src};\n\
+         CREATE DATABASE {src} WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C';\n\n\
+         ALTER DATABASE {src} OWNER TO postgres;\n\n\\connect {src}\n\n\
+         \\restrict abcDEF123\n\
+         SET statement_timeout = 0;\nSET standard_conforming_strings = on;\n\
+         SELECT pg_catalog.set_config('search_path', '', false);\n\n\
+         CREATE TABLE public.t (x text, y bytea);\n\n\
+         COPY public.t (x, y) FROM stdin;\n\
+         plain\t\\\\x6869\nwith \\\\. inside;\t\\\\x\n\\\\connect not a command\t\\N\n\\.\n\n"
+    )
+}
+
+const DUMP_TAIL: &str = "\nCREATE TABLE public.tail (x integer);\n\n\\unrestrict abcDEF123\n\n\
+                         --\n-- PostgreSQL database dump complete\n--\n\n";
+
+/// The hostile archives of the review, one per class: each must stop the restore with
+/// exit 1 before it runs, naming the line; nothing committed in the target, nothing
+/// changed outside it (another database, roles, server settings), no file written by a
+/// shell or by the server.
+#[test]
+fn hostile_old_archives_are_refused_and_change_nothing() {
+    let pg = Pg::V15;
+    let password = "old-key";
+    let id = unique("hostile");
+    let src = format!("{id}_src");
+    let victim = format!("{id}_victim");
+    let target = format!("{id}_target");
+    let role = format!("{id}_evil");
+    let marker = std::env::temp_dir().join(format!("{id}-marker"));
+    let m = marker.display().to_string();
+    for db in [&victim, &target] {
+        psql(pg, &pg.admin_url(), &format!("CREATE DATABASE \"{db}\""));
+    }
+    psql(
+        pg,
+        &pg.url(&victim),
+        "CREATE TABLE precious (x int); INSERT INTO precious VALUES (1), (2), (3)",
+    );
+    let settings_before = psql(
+        pg,
+        &pg.admin_url(),
+        "SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf'",
+    );
+    let prefix = unique("hostile");
+    let target_url = pg.url(&target);
+
+    // (name, hostile SQL placed between the head and the tail)
+    let cases: Vec<(&str, String)> = vec![
+        ("psql shell escape", format!("\\! touch {m}\n")),
+        ("shell escape after a statement", format!("SELECT 1; \\! touch {m}\n")),
+        ("shell escape with leading space", format!("   \\! touch {m}\n")),
+        ("copy to program", format!("COPY (SELECT 1) TO PROGRAM 'touch {m}';\n")),
+        ("copy from program", format!("COPY public.t (x) FROM PROGRAM 'touch {m}';\n")),
+        ("copy to a server file", format!("COPY public.t TO '{m}';\n")),
+        ("connect to another database", format!("\\connect {victim}\nDROP TABLE public.precious;\n")),
+        ("connect with a leading space", format!(" \\connect {victim}\nDROP TABLE public.precious;\n")),
+        ("short connect", format!("\\c {victim}\nDROP TABLE public.precious;\n")),
+        (
+            "copy line inside a dollar quote",
+            format!(
+                "CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $$\nCOPY public.t (x) FROM stdin;\nSELECT 'x'\n$$;\n\
+                 \\connect {victim}\nDROP TABLE public.precious;\n"
+            ),
+        ),
+        ("drop another database", format!("DROP DATABASE {victim};\n")),
+        ("alter another database", format!("ALTER DATABASE {victim} SET work_mem = '1MB';\n")),
+        ("create a role", format!("CREATE ROLE {role} SUPERUSER LOGIN;\n")),
+        ("grant a server role", "GRANT pg_execute_server_program TO PUBLIC;\n".to_string()),
+        ("alter system", "ALTER SYSTEM SET work_mem = '777kB';\n".to_string()),
+        ("read a server file", "SELECT pg_read_file('/etc/hostname');\n".to_string()),
+        ("import a server file", "SELECT lo_import('/etc/hostname');\n".to_string()),
+        (
+            "program inside a function that a CHECK runs during COPY",
+            format!(
+                "CREATE FUNCTION public.f() RETURNS boolean LANGUAGE plpgsql AS $fn$\nBEGIN\n  \
+                 COPY (SELECT 1) TO PROGRAM 'touch {m}';\n  RETURN true;\nEND\n$fn$;\n\
+                 CREATE TABLE public.c (x integer CHECK (public.f()));\nCOPY public.c (x) FROM stdin;\n1\n\\.\n"
+            ),
+        ),
+        (
+            "program in dynamic SQL",
+            format!(
+                "CREATE FUNCTION public.f() RETURNS boolean LANGUAGE plpgsql AS $$\nBEGIN\n  \
+                 EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {m}''';\n  RETURN true;\nEND\n$$;\n"
+            ),
+        ),
+        ("output to a file", format!("\\o {m}\nSELECT 1;\n")),
+        ("client-side copy", format!("\\copy public.t to '{m}'\n")),
+        ("include a file", "\\i /etc/hostname\n".to_string()),
+        ("setenv", "\\setenv PAGER 'touch /tmp/x'\n".to_string()),
+        (
+            "escape-string quoting trick",
+            format!("SELECT E'\\\\';\n\\! touch {m}\n';\n"),
+        ),
+        (
+            "standard-string quoting trick",
+            format!("SELECT 'a\\';\n\\! touch {m}\n--';\n"),
+        ),
+        (
+            "standard_conforming_strings off",
+            format!("SET standard_conforming_strings = off;\nSELECT 'a\\';\n\\! touch {m}\n--';\n"),
+        ),
+        (
+            "a COMMIT in the script",
+            format!("COMMIT;\nCREATE TABLE public.after_commit (x int);\nCREATE ROLE {role};\n"),
+        ),
+        ("anonymous code block", "DO $$BEGIN PERFORM 1; END$$;\n".to_string()),
+        ("untrusted extension", "CREATE EXTENSION IF NOT EXISTS adminpack;\n".to_string()),
+        ("session role", "SET SESSION AUTHORIZATION postgres;\n".to_string()),
+    ];
+    let only = std::env::var("LEAFLOCK_TEST_HOSTILE_ONLY").ok();
+    let mut failures = Vec::new();
+    for (i, (name, hostile)) in cases.iter().enumerate() {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|o| name.contains(o)))
+        {
+            continue;
+        }
+        let sql = format!("{}{hostile}{DUMP_TAIL}", dump_head(&src));
+        let key = format!("{prefix}/2025/06/01/leaflock_backup_20250601_02{i:04}.sql.gz.enc");
+        s3_put(&key, old_archive(&sql, password));
+        let mut cmd = s3_cmd("restore", &prefix);
+        cmd.args([key.as_str(), "--target-database-url", &target_url])
+            .env("BACKUP_ENCRYPTION_KEY", password);
+        let r = run(cmd);
+        let mut wrong = Vec::new();
+        if r.code != 1 {
+            wrong.push(format!("exit {} (want 1)", r.code));
+        }
+        if !r.stderr.contains("line ") {
+            wrong.push("the error names no line".to_string());
+        }
+        if !table_counts(pg, &target_url).is_empty() {
+            wrong.push("the target holds tables".to_string());
+        }
+        if marker.exists() {
+            wrong.push("a file was written".to_string());
+            let _ = std::fs::remove_file(&marker);
+        }
+        if psql(pg, &pg.url(&victim), "SELECT count(*) FROM precious") != "3" {
+            wrong.push("the other database changed".to_string());
+        }
+        if psql(
+            pg,
+            &pg.admin_url(),
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'"),
+        ) != "0"
+        {
+            wrong.push("a role was created".to_string());
+            psql(pg, &pg.admin_url(), &format!("DROP ROLE \"{role}\""));
+        }
+        if psql(
+            pg,
+            &pg.admin_url(),
+            "SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf'",
+        ) != settings_before
+        {
+            wrong.push("a server setting changed".to_string());
+        }
+        if psql(
+            pg,
+            &pg.admin_url(),
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{src}'"),
+        ) != "0"
+        {
+            wrong.push("the archive's own database was created".to_string());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{name}: {}\n{}", wrong.join(", "), r.stderr));
+        }
+    }
+
+    // The control: the same head and tail without anything hostile restore exactly.
+    if only.is_none() {
+        let sql = format!("{}{DUMP_TAIL}", dump_head(&src));
+        let key = format!("{prefix}/2025/06/02/leaflock_backup_20250602_020000.sql.gz.enc");
+        s3_put(&key, old_archive(&sql, password));
+        let mut cmd = s3_cmd("restore", &prefix);
+        cmd.args([key.as_str(), "--target-database-url", &target_url])
+            .env("BACKUP_ENCRYPTION_KEY", password);
+        run(cmd).expect_code(0);
+        assert_eq!(
+            psql(
+                pg,
+                &target_url,
+                "SELECT string_agg(x || '|' || coalesce(encode(y, 'escape'), 'NULL'), ',' ORDER BY x) FROM public.t"
+            ),
+            "\\connect not a command|NULL,plain|hi,with \\. inside;|"
+        );
+        assert_eq!(table_counts(pg, &target_url).len(), 2);
+    }
+    for db in [&victim, &target] {
+        drop_db(pg, db);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
