@@ -182,7 +182,7 @@ fn confirm(
 }
 
 fn pg_restore_cmd(tool: &PgTool, target: &ConnInfo, args: &RestoreArgs) -> Command {
-    let mut cmd = Command::new(&tool.path);
+    let mut cmd = pgtool::command(&tool.path);
     cmd.arg("--exit-on-error")
         .arg(format!("--dbname={}", target.url_without_password()))
         .envs(target.libpq_env())
