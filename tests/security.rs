@@ -267,3 +267,156 @@ fn hostile_old_archives_are_refused_and_change_nothing() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Wrappers that record the environment each PostgreSQL tool starts with.
+fn env_recording_tools(pg: Pg, dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for tool in ["pg_dump", "pg_restore"] {
+        let path = dir.join(tool);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nenv > \"{}/{tool}.$$.env\"\nexec '{}' \"$@\"\n",
+                dir.display(),
+                pg.tool(tool).display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// pg_dump and pg_restore see none of this tool's secrets: not the encryption key, not
+/// the S3 keys, not the Pushgateway's password, not another application's keys.
+#[test]
+fn children_get_a_cleared_environment_without_secrets() {
+    let pg = Pg::V15;
+    let name = unique("childenv");
+    let url = leaflock_db(pg, &name, 1);
+    let prefix = unique("childenv");
+    let tools = tempfile::tempdir().unwrap();
+    env_recording_tools(pg, tools.path());
+    let push =
+        testbed()
+            .pushgateway()
+            .replacen("http://", "http://pgwuser:MARKER-pgw-password@", 1);
+    let mut cmd = s3_run(&url, &prefix, &name);
+    cmd.arg("--restore-drill")
+        .arg("--pg-dump")
+        .arg(tools.path().join("pg_dump"))
+        .arg("--pg-restore")
+        .arg(tools.path().join("pg_restore"))
+        .env("LEAFLOCK_BACKUP_PUSHGATEWAY_URL", &push)
+        .env("BACKUP_ENCRYPTION_KEY", "MARKER-encryption-key")
+        .env("AWS_SECRET_ACCESS_KEY", "MARKER-aws-secret")
+        .env("AWS_SESSION_TOKEN", "MARKER-aws-token")
+        .env("SERVER_ENCRYPTION_KEY", "MARKER-server-key")
+        .env("JWT_SECRET", "MARKER-jwt")
+        .env("PGSSLROOTCERT", "/nonexistent/kept-for-libpq");
+    let r = run(cmd);
+    r.expect_code(0);
+    let secrets = [
+        "MARKER-",
+        testbed().var("LEAFLOCK_TEST_S3_SECRET_KEY").as_str(),
+        testbed().var("LEAFLOCK_TEST_S3_ACCESS_KEY").as_str(),
+    ]
+    .map(String::from);
+    let mut seen = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(tools.path()).unwrap().flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        if !file.ends_with(".env") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        for s in &secrets {
+            assert!(
+                !text.contains(s.as_str()),
+                "{file} holds a secret ({s}):\n{text}"
+            );
+        }
+        for k in [
+            "LEAFLOCK_BACKUP_",
+            "BACKUP_",
+            "AWS_",
+            "SERVER_ENCRYPTION_KEY",
+            "JWT_SECRET",
+        ] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(k)),
+                "{file} holds {k}*:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("PGSSLROOTCERT=/nonexistent/kept-for-libpq"),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l.starts_with("PATH=")), "{text}");
+        *seen
+            .entry(file.split('.').next().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert!(
+        seen.contains_key("pg_dump") && seen.contains_key("pg_restore"),
+        "{seen:?}"
+    );
+    drop_db(pg, &name);
+}
+
+/// Under umask 022 a local backup is still private: files 0600, directories 0700; a
+/// symlink planted where the old write probe's name was predictable is left alone and
+/// its target is not written.
+#[test]
+fn local_backups_are_private_and_the_probe_follows_no_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let pg = Pg::V15;
+    let name = unique("modes");
+    let url = leaflock_db(pg, &name, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    // The old probe was `.leaflock-write-test-PID`: plant links for the next pids.
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .map(|s| s.trim().parse().unwrap_or(1))
+        .unwrap_or(1);
+    for pid in last..last + 3000 {
+        std::os::unix::fs::symlink(&victim, store.join(format!(".leaflock-write-test-{pid}")))
+            .unwrap();
+    }
+    let mut cmd = runner();
+    cmd.args(["run", "--database-url", &url])
+        .arg("--local-dir")
+        .arg(&store)
+        .arg("--restore-drill");
+    // SAFETY: umask(2) in the child before exec; no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    run(cmd).expect_code(0);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    let mut files = 0;
+    let mut stack = vec![store.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let p = e.path().display().to_string();
+            if meta.file_type().is_symlink() {
+                assert!(p.contains(".leaflock-write-test-"), "{p}");
+            } else if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{p}");
+                stack.push(e.path());
+            } else {
+                assert_eq!(mode, 0o600, "{p}");
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "object, manifest and drill record: {files}");
+    drop_db(pg, &name);
+}
