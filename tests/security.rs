@@ -420,3 +420,288 @@ fn local_backups_are_private_and_the_probe_follows_no_symlink() {
     assert!(files >= 3, "object, manifest and drill record: {files}");
     drop_db(pg, &name);
 }
+
+/// Every numeric flag at the edge of its type: a usage error (exit 2) or a plain
+/// refusal, never a panic.
+#[test]
+fn numeric_flags_at_their_limits_never_panic() {
+    let unreachable = format!("postgresql://u@127.0.0.1:{}/db", closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let huge = [
+        "18446744073709551615",
+        "4294967295",
+        "4294967296",
+        "99999999999999999999",
+    ];
+    let cases: Vec<(&str, &[&str])> = vec![
+        ("run", &["--connect-timeout"]),
+        ("run", &["--pushgateway-timeout"]),
+        ("run", &["--keep-last"]),
+        ("run", &["--keep-daily"]),
+        ("run", &["--keep-weekly"]),
+        ("run", &["--keep-monthly"]),
+        ("run", &["--max-age"]),
+        ("run", &["--object-lock-days"]),
+        ("run", &["--parts-in-flight"]),
+        ("run", &["--s3-max-attempts"]),
+        ("run", &["--compress-threads"]),
+        ("run", &["--orphan-grace"]),
+        ("restore", &["--connect-timeout"]),
+        ("restore", &["--jobs"]),
+        ("next-run", &["--count"]),
+    ];
+    let mut bad = Vec::new();
+    for (sub, flags) in cases {
+        for v in huge {
+            let mut cmd = runner();
+            cmd.arg(sub)
+                .arg(format!("{}={v}", flags[0]))
+                .env("LEAFLOCK_BACKUP_DATABASE_URL", &unreachable)
+                .env("LEAFLOCK_BACKUP_TARGET_DATABASE_URL", &unreachable)
+                .env("LEAFLOCK_BACKUP_LOCAL_DIR", dir.path())
+                .env("LEAFLOCK_BACKUP_SCHEDULE", "0 2 * * *");
+            if flags[0].starts_with("--object-lock")
+                || flags[0].starts_with("--parts")
+                || flags[0].starts_with("--s3")
+            {
+                cmd.env_remove("LEAFLOCK_BACKUP_LOCAL_DIR")
+                    .env("LEAFLOCK_BACKUP_S3_BUCKET", "b");
+            }
+            let r = run(cmd);
+            if r.code != 2 && r.code != 1 || r.stderr.contains("panicked") {
+                bad.push(format!(
+                    "{sub} {}={v}: exit {}: {}",
+                    flags[0], r.code, r.stderr
+                ));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// A log filter without a real level (`warning`) is refused before any work.
+#[test]
+fn a_log_filter_without_a_level_is_refused() {
+    for bad in ["warning", "verbose", "info,noisy", "aws_sdk_s3=loud"] {
+        let mut cmd = runner();
+        cmd.args(["next-run", "--schedule", "0 2 * * *"])
+            .env("LEAFLOCK_BACKUP_LOG_LEVEL", bad);
+        let r = run(cmd);
+        r.expect_code(2);
+        assert!(
+            r.stderr.contains("LEAFLOCK_BACKUP_LOG_LEVEL"),
+            "{bad}: {}",
+            r.stderr
+        );
+    }
+    for good in ["warn", "info,leaflock_backup=debug", "off", "TRACE"] {
+        let mut cmd = runner();
+        cmd.args(["next-run", "--schedule", "0 2 * * *"])
+            .env("LEAFLOCK_BACKUP_LOG_LEVEL", good);
+        run(cmd).expect_code(0);
+    }
+}
+
+/// Planted marker secrets never appear in anything the tool prints: `--help` with the
+/// variables set, a run at `--log-level trace` pushing to a Pushgateway URL with a
+/// password, a run whose Pushgateway is down, an error echoing a bad URL.
+#[test]
+fn no_secret_in_help_logs_errors_or_trace_output() {
+    let pg = Pg::V15;
+    let name = unique("redact");
+    let url = leaflock_db(pg, &name, 1);
+    let prefix = unique("redact");
+    let pw = "MARKERpgwPASS";
+    let push = testbed()
+        .pushgateway()
+        .replacen("http://", &format!("http://pgwuser:{pw}@"), 1);
+    let secret_env = [
+        ("LEAFLOCK_BACKUP_ENCRYPTION_KEY", "MARKERencKEY"),
+        ("LEAFLOCK_BACKUP_PUSHGATEWAY_URL", push.as_str()),
+    ];
+    let mut printed = String::new();
+    for sub in [
+        "run", "restore", "drill", "list", "verify", "prune", "schedule",
+    ] {
+        let mut cmd = runner();
+        cmd.args([sub, "--help"])
+            .env("LEAFLOCK_BACKUP_S3_SECRET_KEY", "MARKERs3SECRET")
+            .env("LEAFLOCK_BACKUP_SSE_C_KEY", "MARKERsseC")
+            .env(
+                "LEAFLOCK_BACKUP_DATABASE_URL",
+                "postgresql://u:MARKERdbPW@h/db",
+            )
+            .env(
+                "LEAFLOCK_BACKUP_TARGET_DATABASE_URL",
+                "postgresql://u:MARKERdbPW@h/db",
+            )
+            .envs(secret_env);
+        let r = run(cmd);
+        printed += &r.stdout;
+        printed += &r.stderr;
+    }
+    let mut ok = s3_run(&url, &prefix, &name);
+    ok.args(["--log-level", "trace"]).envs(secret_env);
+    let r = run(ok);
+    r.expect_code(0);
+    assert!(
+        r.line("metrics pushed").is_some(),
+        "pushed with the password"
+    );
+    printed += &r.stderr;
+    let dead = format!("http://pgwuser:{pw}@127.0.0.1:{}", closed_port());
+    let mut down = s3_run(&url, &prefix, &name);
+    down.env("LEAFLOCK_BACKUP_PUSHGATEWAY_URL", &dead)
+        .env("LEAFLOCK_BACKUP_PUSHGATEWAY_TIMEOUT", "2");
+    let r = run(down);
+    r.expect_code(0);
+    assert!(r.stderr.contains("could not push"), "{}", r.stderr);
+    printed += &r.stderr;
+    let mut bad = runner();
+    bad.args(["run", "--database-url", &url]).env(
+        "LEAFLOCK_BACKUP_PUSHGATEWAY_URL",
+        format!("ftp://u:{pw}@pgw"),
+    );
+    let r = run(bad);
+    r.expect_code(2);
+    printed += &r.stderr;
+    for marker in [
+        "MARKER",
+        testbed().var("LEAFLOCK_TEST_S3_SECRET_KEY").as_str(),
+    ] {
+        if let Some(at) = printed.find(marker) {
+            panic!(
+                "{marker} printed: …{}…",
+                &printed[at.saturating_sub(300)..(at + 100).min(printed.len())]
+            );
+        }
+    }
+    drop_db(pg, &name);
+}
+
+/// Secrets from files (`*_FILE`, a mounted Secret or a systemd credential), and a
+/// warning for a secret given on the command line.
+#[test]
+fn secrets_come_from_files_and_a_secret_flag_is_warned_about() {
+    let pg = Pg::V15;
+    let name = unique("secretfile");
+    let url = leaflock_db(pg, &name, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let url_file = dir.path().join("url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "from-a-file\n").unwrap();
+    let mut cmd = runner();
+    cmd.arg("run")
+        .arg("--local-dir")
+        .arg(&store)
+        .env("LEAFLOCK_BACKUP_DATABASE_URL_FILE", &url_file)
+        .env("BACKUP_ENCRYPTION_KEY_FILE", &key_file);
+    let r = run(cmd);
+    r.expect_code(0);
+    assert!(!r.stderr.contains("command line"), "{}", r.stderr);
+    // The backup is encrypted with the file's passphrase: verify needs exactly it.
+    let mut verify = runner();
+    verify
+        .args(["verify", "latest", "--local-dir"])
+        .arg(&store)
+        .env("BACKUP_ENCRYPTION_KEY", "from-a-file");
+    run(verify).expect_code(0);
+    let mut wrong = runner();
+    wrong
+        .args(["verify", "latest", "--local-dir"])
+        .arg(&store)
+        .env("BACKUP_ENCRYPTION_KEY", "from-a-file\n-not");
+    run(wrong).expect_code(1);
+
+    let mut flag = runner();
+    flag.args(["run", "--encryption-key", "on-argv", "--local-dir"])
+        .arg(&store)
+        .env("LEAFLOCK_BACKUP_DATABASE_URL", &url);
+    let r = run(flag);
+    r.expect_code(0);
+    let warn = r.line("--encryption-key was given on the command line");
+    assert!(warn.is_some_and(|w| w["level"] == "warn"), "{}", r.stderr);
+
+    let mut missing = runner();
+    missing
+        .args(["run", "--local-dir"])
+        .arg(&store)
+        .env("LEAFLOCK_BACKUP_DATABASE_URL", &url)
+        .env("BACKUP_ENCRYPTION_KEY_FILE", dir.path().join("absent"));
+    let r = run(missing);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("BACKUP_ENCRYPTION_KEY_FILE"),
+        "{}",
+        r.stderr
+    );
+    drop_db(pg, &name);
+}
+
+/// Destinations that cannot work, and settings that do nothing for the chosen one,
+/// are found before connecting (the database URL points at a closed port).
+#[test]
+fn destinations_that_cannot_work_are_refused_before_connecting() {
+    let unreachable = format!("postgresql://u@127.0.0.1:{}/db", closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--local-dir".into(), file.display().to_string()],
+            "is not a directory",
+        ),
+        (
+            vec![
+                "--local-dir".into(),
+                file.join("below").display().to_string(),
+            ],
+            "is not a directory",
+        ),
+        (
+            vec![
+                "--local-dir".into(),
+                dir.path().display().to_string(),
+                "--sse-c-key".into(),
+                key.into(),
+            ],
+            "--sse-c-key",
+        ),
+        (
+            vec![
+                "--local-dir".into(),
+                dir.path().display().to_string(),
+                "--object-lock-days=7".into(),
+            ],
+            "--object-lock-days",
+        ),
+        (
+            vec![
+                "--s3-bucket".into(),
+                "some-bucket".into(),
+                "--s3-endpoint".into(),
+                "http://s3.example.net:8333".into(),
+                "--sse-c-key".into(),
+                key.into(),
+            ],
+            "clear text",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = runner();
+        cmd.arg("run")
+            .args(&args)
+            .env("LEAFLOCK_BACKUP_DATABASE_URL", &unreachable);
+        let r = run(cmd);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+        assert!(
+            !r.stderr.contains("cannot connect"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+}

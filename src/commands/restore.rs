@@ -50,7 +50,11 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
     )?;
     let cancel = Cancel::install().context("cannot install signal handlers")?;
-    let timeout = Duration::from_secs(args.connect_timeout.max(1));
+    crate::config::check_seconds(
+        args.connect_timeout,
+        "--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
+    )?;
+    let timeout = Duration::from_secs(args.connect_timeout);
 
     let storage = storage::open(&dest).await?;
     let entries = catalog::scan(storage.as_ref(), dest.prefix()).await?;
