@@ -26,6 +26,7 @@ mod progress;
 mod readback;
 mod retention;
 mod schedule;
+mod secrets;
 mod signals;
 mod sqlscript;
 mod storage;
@@ -34,8 +35,10 @@ use clap::Parser;
 use std::time::Duration;
 
 fn main() {
+    secrets::load_files();
     let cli = cli::Cli::parse();
     let term = logging::init(&cli.log);
+    secrets::warn_about_argv();
     pipeline::return_freed_buffers_to_the_os();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

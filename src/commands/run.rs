@@ -241,7 +241,7 @@ pub async fn push_metrics(
     };
     match result {
         Ok(report) => tracing::info!(
-            pushgateway = %mcfg.url,
+            pushgateway = %mcfg.shown(),
             backup_status = backup.map(|b| if b.success { "success" } else { "failure" }),
             drill_status = drill.map(|d| if d.success { "success" } else { "failure" }),
             success_total = report.state.success_total,
@@ -250,10 +250,10 @@ pub async fn push_metrics(
             "metrics pushed"
         ),
         Err(e) => tracing::warn!(
-            pushgateway = %mcfg.url,
+            pushgateway = %mcfg.shown(),
             error = format!("{e:#}"),
             "could not push metrics to the Pushgateway at {}; the outcome is unaffected",
-            mcfg.url
+            mcfg.shown()
         ),
     }
 }
