@@ -380,6 +380,23 @@ fn check_s3_only_flags(args: &DestinationArgs) -> Result<()> {
     Ok(())
 }
 
+/// A private key file that its group or others can read draws a warning.
+pub fn warn_if_readable_by_others(path: &Path, flag: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                flag,
+                file = %path.display(),
+                mode = format!("{mode:04o}"),
+                "{} can be read by its group or others (mode {mode:04o}): it holds a private key; chmod 600 it",
+                path.display()
+            );
+        }
+    }
+}
+
 /// The longest timeout accepted, in seconds (an hour: anything longer is a typo).
 pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
 /// The largest count a retention rule accepts (a century of daily backups).
@@ -848,6 +865,9 @@ pub fn resolve_keys(args: &KeyArgs, env: EnvLookup) -> Result<Keys> {
         .clone()
         .filter(|k| !k.is_empty())
         .or_else(|| env("BACKUP_ENCRYPTION_KEY"));
+    for f in &args.identity {
+        warn_if_readable_by_others(f, "--identity / LEAFLOCK_BACKUP_AGE_IDENTITY_FILE");
+    }
     let keys = Keys::new(args.identity.clone(), passphrase);
     keys.check().or_else(|e| {
         usage(format!(

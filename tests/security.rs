@@ -705,3 +705,41 @@ fn destinations_that_cannot_work_are_refused_before_connecting() {
         );
     }
 }
+
+/// An age identity (a private key) that others can read draws a warning.
+#[test]
+fn a_readable_identity_file_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = Pg::V15;
+    let name = unique("idmode");
+    let url = leaflock_db(pg, &name, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut cmd = runner();
+    cmd.args(["run", "--database-url", &url])
+        .arg("--local-dir")
+        .arg(&store);
+    run(cmd).expect_code(0);
+    let id = dir.path().join("id.txt");
+    let key = age::x25519::Identity::generate();
+    use age::secrecy::ExposeSecret;
+    std::fs::write(&id, format!("{}\n", key.to_string().expose_secret())).unwrap();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&id, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut verify = runner();
+        verify
+            .args(["verify", "latest", "--local-dir"])
+            .arg(&store)
+            .arg("--identity")
+            .arg(&id);
+        let r = run(verify);
+        r.expect_code(0);
+        assert_eq!(
+            r.line("can be read by its group or others").is_some(),
+            warned,
+            "{mode:o}: {}",
+            r.stderr
+        );
+    }
+    drop_db(pg, &name);
+}
