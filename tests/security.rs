@@ -743,3 +743,192 @@ fn a_readable_identity_file_is_warned_about() {
     }
     drop_db(pg, &name);
 }
+
+/// A throwaway PostgreSQL 15 with TLS on, its certificate self-signed (for
+/// `localhost` and 127.0.0.1), stopped on drop.
+struct TlsPg {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn as_postgres(args: &[&str]) -> std::process::Command {
+    // SAFETY: geteuid has no preconditions.
+    let mut c = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).args(args);
+        c
+    } else {
+        let mut c = std::process::Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    };
+    c.current_dir("/");
+    c
+}
+
+fn self_signed(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let crt = dir.join(format!("{name}.crt"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(&crt)
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crt
+}
+
+impl TlsPg {
+    fn start() -> TlsPg {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("leaflock-tlspg")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let crt = self_signed(dir.path(), "server");
+        let key = dir.path().join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            for p in [dir.path(), crt.as_path(), key.as_path()] {
+                assert!(std::process::Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(p)
+                    .status()
+                    .unwrap()
+                    .success());
+            }
+        }
+        let data = dir.path().join("data");
+        let bin = Pg::V15.bin_dir();
+        let out = as_postgres(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = closed_port();
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            data.display(),
+            crt.display(),
+            key.display()
+        );
+        let out = as_postgres(&[
+            bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-w",
+            "-l",
+            dir.path().join("log").to_str().unwrap(),
+            "start",
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TlsPg { dir, port }
+    }
+
+    fn url(&self, host: &str, query: &str) -> String {
+        format!(
+            "postgresql://postgres@{host}:{}/postgres?{query}",
+            self.port
+        )
+    }
+}
+
+impl Drop for TlsPg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(&[
+            Pg::V15.bin_dir().join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-m",
+            "immediate",
+            "stop",
+        ])
+        .output();
+    }
+}
+
+/// TLS as libpq means it: `verify-full` accepts a self-signed server certificate given
+/// as its own root (and refuses another root, or a name it was not made for);
+/// `require` works and says that it did not verify the server.
+#[test]
+fn tls_verify_full_accepts_a_self_signed_root_and_require_warns() {
+    let pg = TlsPg::start();
+    let crt = pg.dir.path().join("server.crt");
+    let other = self_signed(pg.dir.path(), "other");
+    let cases = [
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={}", crt.display()),
+            0,
+            "",
+        ),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-ca&sslrootcert={}", crt.display()),
+            0,
+            "",
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={}", other.display()),
+            1,
+            "cannot connect",
+        ),
+        (
+            "localhost",
+            "sslmode=require".to_string(),
+            0,
+            "does not verify the server",
+        ),
+    ];
+    for (host, query, code, needle) in cases {
+        let store = tempfile::tempdir().unwrap();
+        let mut cmd = runner();
+        cmd.args(["run", "--database-url", &pg.url(host, &query)])
+            .arg("--local-dir")
+            .arg(store.path())
+            .env("PATH", Pg::V15.path_env());
+        let r = run(cmd);
+        assert_eq!(r.code, code, "{host} {query}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{host} {query}: {}", r.stderr);
+        if needle.is_empty() {
+            assert!(!r.stderr.contains("does not verify"), "{}", r.stderr);
+        }
+    }
+}
