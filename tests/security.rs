@@ -63,8 +63,10 @@ fn old_archive(sql: &str, password: &str) -> Vec<u8> {
 }
 
 /// The head of a `pg_dump --clean --if-exists --create` script of database `src`.
-fn dump_head(src: &str) -> String {
-    format!(
+/// With `restrict`, pg_dump's `\restrict` guard lines (since August 2025), which psql
+/// obeys; a crafted archive simply leaves them out.
+fn dump_head(src: &str, restrict: bool) -> String {
+    let head = format!(
         "--\n-- PostgreSQL database dump\n--\n\n\\restrict abcDEF123\n\n\
          SET statement_timeout = 0;\nSET lock_timeout = 0;\nSET client_encoding = 'UTF8';\n\
          SET standard_conforming_strings = on;\n\
@@ -79,7 +81,12 @@ fn dump_head(src: &str) -> String {
          CREATE TABLE public.t (x text, y bytea);\n\n\
          COPY public.t (x, y) FROM stdin;\n\
          plain\t\\\\x6869\nwith \\\\. inside;\t\\\\x\n\\\\connect not a command\t\\N\n\\.\n\n"
-    )
+    );
+    if restrict {
+        head
+    } else {
+        head.replace("\\restrict abcDEF123\n", "")
+    }
 }
 
 const DUMP_TAIL: &str = "\nCREATE TABLE public.tail (x integer);\n\n\\unrestrict abcDEF123\n\n\
@@ -189,7 +196,7 @@ fn hostile_old_archives_are_refused_and_change_nothing() {
         {
             continue;
         }
-        let sql = format!("{}{hostile}{DUMP_TAIL}", dump_head(&src));
+        let sql = format!("{}{hostile}{DUMP_TAIL}", dump_head(&src, false));
         let key = format!("{prefix}/2025/06/01/leaflock_backup_20250601_02{i:04}.sql.gz.enc");
         s3_put(&key, old_archive(&sql, password));
         let mut cmd = s3_cmd("restore", &prefix);
@@ -245,7 +252,7 @@ fn hostile_old_archives_are_refused_and_change_nothing() {
 
     // The control: the same head and tail without anything hostile restore exactly.
     if only.is_none() {
-        let sql = format!("{}{DUMP_TAIL}", dump_head(&src));
+        let sql = format!("{}{DUMP_TAIL}", dump_head(&src, true));
         let key = format!("{prefix}/2025/06/02/leaflock_backup_20250602_020000.sql.gz.enc");
         s3_put(&key, old_archive(&sql, password));
         let mut cmd = s3_cmd("restore", &prefix);
