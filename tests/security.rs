@@ -939,3 +939,34 @@ fn tls_verify_full_accepts_a_self_signed_root_and_require_warns() {
         }
     }
 }
+
+/// A manifest of 1 GiB under the prefix is refused by size, never read whole (the
+/// process stays far below it). Whether the listing then reports it as one bad entry
+/// is the catalog's part; here only the cap is held to.
+#[test]
+fn a_huge_manifest_is_not_read_into_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = dir.path().join("backups/2025/06/01");
+    std::fs::create_dir_all(&day).unwrap();
+    let f =
+        std::fs::File::create(day.join("leaflock_backup_20250601_020000.dump.gz.manifest.json"))
+            .unwrap();
+    f.set_len(1 << 30).unwrap(); // sparse: costs no disk
+    std::fs::write(day.join("leaflock_backup_20250601_020000.dump.gz"), b"x").unwrap();
+    let mut cmd = runner();
+    cmd.args(["list", "--local-dir"]).arg(dir.path());
+    let r = run(cmd);
+    assert!(
+        r.stderr.contains("larger than 4 MiB"),
+        "exit {}: {}",
+        r.code,
+        r.stderr
+    );
+    // SAFETY: getrusage fills the struct it is given.
+    let kib = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u.ru_maxrss
+    };
+    assert!(kib < 512 * 1024, "a child grew to {kib} KiB");
+}
