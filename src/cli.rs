@@ -76,7 +76,9 @@ pub struct LogArgs {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "LEAFLOCK_BACKUP_LOG_FORMAT")]
     pub log_format: LogFormat,
 
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    /// Log level or filter (error, warn, info, debug, trace, off, or a tracing filter such
+    /// as `info,leaflock_backup=debug`). HTTP, TLS and AWS SDK crates stay at info unless
+    /// named: their debug lines can carry request headers.
     #[arg(
         long,
         global = true,
@@ -265,6 +267,7 @@ pub struct DrillArgs {
         long,
         env = "LEAFLOCK_BACKUP_DRILL_DATABASE_URL",
         hide_env_values = true,
+        hide_env_values = true,
         value_name = "URL"
     )]
     pub drill_database_url: Option<String>,
@@ -382,6 +385,7 @@ pub struct RestoreArgs {
     #[arg(
         long,
         env = "LEAFLOCK_BACKUP_TARGET_DATABASE_URL",
+        hide_env_values = true,
         hide_env_values = true,
         value_name = "URL"
     )]
@@ -514,6 +518,7 @@ pub struct DatabaseArgs {
         long,
         env = "LEAFLOCK_BACKUP_DATABASE_URL",
         hide_env_values = true,
+        hide_env_values = true,
         value_name = "URL"
     )]
     pub database_url: Option<String>,
@@ -605,6 +610,7 @@ pub struct DestinationArgs {
         long,
         env = "LEAFLOCK_BACKUP_S3_ACCESS_KEY",
         hide_env_values = true,
+        hide_env_values = true,
         value_name = "KEY"
     )]
     pub s3_access_key: Option<String>,
@@ -613,6 +619,7 @@ pub struct DestinationArgs {
     #[arg(
         long,
         env = "LEAFLOCK_BACKUP_S3_SECRET_KEY",
+        hide_env_values = true,
         hide_env_values = true,
         value_name = "SECRET"
     )]
@@ -662,6 +669,7 @@ pub struct DestinationArgs {
     #[arg(
         long,
         env = "LEAFLOCK_BACKUP_SSE_C_KEY",
+        hide_env_values = true,
         hide_env_values = true,
         value_name = "BASE64"
     )]
@@ -756,6 +764,7 @@ pub struct KeyArgs {
         long,
         env = "LEAFLOCK_BACKUP_ENCRYPTION_KEY",
         hide_env_values = true,
+        hide_env_values = true,
         value_name = "KEY"
     )]
     pub encryption_key: Option<String>,
@@ -766,7 +775,12 @@ pub struct KeyArgs {
 pub struct MetricsArgs {
     /// Prometheus Pushgateway URL. Metrics are read back, added to and pushed after every run,
     /// success or failure; a Pushgateway outage never fails a backup.
-    #[arg(long, env = "LEAFLOCK_BACKUP_PUSHGATEWAY_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_PUSHGATEWAY_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub pushgateway_url: Option<String>,
 
     /// `job` label of the pushed group.

@@ -20,7 +20,7 @@ use crate::schedule::Schedule;
 use crate::scope::Scope;
 use crate::signing::{PublicKey, Signer25519, TrustPolicy};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Reads an environment variable (empty values count as unset).
@@ -201,6 +201,13 @@ pub struct MetricsConfig {
     pub timeout: Duration,
 }
 
+impl MetricsConfig {
+    /// The URL for messages: credentials masked.
+    pub fn shown(&self) -> String {
+        redact_url(&self.url).trim_end_matches('/').to_string()
+    }
+}
+
 fn first(env: EnvLookup, names: &[&str]) -> Option<(String, String)> {
     names
         .iter()
@@ -285,15 +292,136 @@ pub fn resolve_database(args: &DatabaseArgs, env: EnvLookup) -> Result<DatabaseC
         args.pg_dump.as_deref(),
         "--pg-dump / LEAFLOCK_BACKUP_PG_DUMP",
     )?;
-    if args.connect_timeout == 0 {
-        return usage("--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT: expected seconds > 0");
-    }
+    check_seconds(
+        args.connect_timeout,
+        "--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
+    )?;
     Ok(DatabaseConfig {
         conn,
         source,
         pg_dump: args.pg_dump.clone(),
         connect_timeout: Duration::from_secs(args.connect_timeout),
     })
+}
+
+/// Whether `url` is plain `http://` to a host other than this one.
+fn plain_http_off_host(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    if u.scheme() != "http" {
+        return false;
+    }
+    match u.host() {
+        Some(url::Host::Domain(d)) => d != "localhost",
+        Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+        None => true,
+    }
+}
+
+/// A URL for a message: any `user:password@` masked.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
+/// A local destination that cannot work is found now, before connecting: a path whose
+/// nearest existing part is not a directory.
+fn check_local_dir(dir: &Path) -> Result<()> {
+    let mut p = Some(dir);
+    while let Some(at) = p {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                return usage(format!(
+                    "--local-dir / LEAFLOCK_BACKUP_LOCAL_DIR: {} is not a directory",
+                    at.display()
+                ))
+            }
+            Err(_) => p = at.parent().filter(|x| !x.as_os_str().is_empty()),
+        }
+    }
+    Ok(())
+}
+
+/// S3-only settings given with a local destination: the protections (SSE, SSE-C,
+/// Object Lock) cannot be given by a directory and are refused; the rest is said to do
+/// nothing.
+fn check_s3_only_flags(args: &DestinationArgs) -> Result<()> {
+    let set = |o: &Option<String>| o.as_deref().is_some_and(|v| !v.is_empty());
+    for (given, flag) in [
+        (set(&args.sse), "--sse / LEAFLOCK_BACKUP_SSE"),
+        (
+            set(&args.sse_c_key),
+            "--sse-c-key / LEAFLOCK_BACKUP_SSE_C_KEY",
+        ),
+        (
+            args.object_lock_days.is_some(),
+            "--object-lock-days / LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS",
+        ),
+    ] {
+        if given {
+            return usage(format!(
+                "{flag}: a protection of S3 objects, and the destination is a local directory \
+                 (no --s3-bucket); give a bucket or remove it"
+            ));
+        }
+    }
+    for (given, flag) in [
+        (set(&args.s3_endpoint), "--s3-endpoint"),
+        (set(&args.s3_access_key), "--s3-access-key"),
+        (set(&args.s3_secret_key), "--s3-secret-key"),
+        (set(&args.s3_storage_class), "--s3-storage-class"),
+        (set(&args.sse_kms_key_id), "--sse-kms-key-id"),
+    ] {
+        if given {
+            tracing::warn!(
+                flag,
+                "{flag} does nothing: the destination is a local directory (no --s3-bucket)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A private key file that its group or others can read draws a warning.
+pub fn warn_if_readable_by_others(path: &Path, flag: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                flag,
+                file = %path.display(),
+                mode = format!("{mode:04o}"),
+                "{} can be read by its group or others (mode {mode:04o}): it holds a private key; chmod 600 it",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The longest timeout accepted, in seconds (an hour: anything longer is a typo).
+pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
+/// The largest count a retention rule accepts (a century of daily backups).
+pub const MAX_KEEP: u32 = 36_500;
+
+/// A timeout in seconds: 1 to [`MAX_TIMEOUT_SECONDS`].
+pub fn check_seconds(v: u64, flag: &str) -> Result<(), crate::error::UsageError> {
+    if v == 0 || v > MAX_TIMEOUT_SECONDS {
+        return Err(crate::error::UsageError(format!(
+            "{flag}: expected seconds from 1 to {MAX_TIMEOUT_SECONDS}, got {v}"
+        )));
+    }
+    Ok(())
 }
 
 /// Parse a byte size: a plain number of bytes or a number with K/KB/KiB/M/MB/MiB/G/GB/GiB
@@ -392,6 +520,9 @@ fn check_http_url(v: &str, what: &str) -> Result<()> {
         Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
             Ok(())
         }
+        _ if v.contains('@') => usage(format!(
+            "{what}: expected an http:// or https:// URL (the value is not shown: it may hold a password)"
+        )),
         _ => usage(format!(
             "{what}: expected an http:// or https:// URL, got {v:?}"
         )),
@@ -413,6 +544,8 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
         if args.local_dir.as_os_str().is_empty() {
             return usage("--local-dir / LEAFLOCK_BACKUP_LOCAL_DIR: expected a directory path");
         }
+        check_local_dir(&args.local_dir)?;
+        check_s3_only_flags(args)?;
         return Ok(DestinationConfig::Local(LocalConfig {
             dir: args.local_dir.clone(),
             prefix,
@@ -529,6 +662,15 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
         }
     };
     let sse = resolve_sse(args)?;
+    if let (Some(Sse::Customer { .. }), Some((e, src))) = (&sse, &endpoint) {
+        if plain_http_off_host(e) {
+            return usage(format!(
+                "--sse-c-key / LEAFLOCK_BACKUP_SSE_C_KEY: the key would travel in clear text to \
+                 {src} ({}); use an https:// endpoint (plain http is accepted on loopback only)",
+                redact_url(e)
+            ));
+        }
+    }
     let object_lock = match args.object_lock_days {
         None => None,
         Some(0) => return usage("--object-lock-days / LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS: expected at least 1"),
@@ -621,11 +763,10 @@ pub fn resolve_metrics(args: &MetricsArgs) -> Result<Option<MetricsConfig>> {
     if args.pushgateway_job.is_empty() {
         return usage("--pushgateway-job / LEAFLOCK_BACKUP_PUSHGATEWAY_JOB: must not be empty");
     }
-    if args.pushgateway_timeout == 0 {
-        return usage(
-            "--pushgateway-timeout / LEAFLOCK_BACKUP_PUSHGATEWAY_TIMEOUT: expected seconds > 0",
-        );
-    }
+    check_seconds(
+        args.pushgateway_timeout,
+        "--pushgateway-timeout / LEAFLOCK_BACKUP_PUSHGATEWAY_TIMEOUT",
+    )?;
     Ok(Some(MetricsConfig {
         url: url.trim_end_matches('/').to_string(),
         job: args.pushgateway_job.clone(),
@@ -704,6 +845,9 @@ pub fn resolve_retention(args: &RetentionArgs, env: EnvLookup) -> Result<Option<
                 "{flag}: expected at least 1 (leave it unset to not use the rule)"
             ));
         }
+        if v.is_some_and(|n| n > MAX_KEEP) {
+            return usage(format!("{flag}: expected at most {MAX_KEEP}"));
+        }
     }
     let policy = Policy {
         keep_last: args.keep_last,
@@ -733,6 +877,9 @@ pub fn resolve_keys(args: &KeyArgs, env: EnvLookup) -> Result<Keys> {
         .clone()
         .filter(|k| !k.is_empty())
         .or_else(|| env("BACKUP_ENCRYPTION_KEY"));
+    for f in &args.identity {
+        warn_if_readable_by_others(f, "--identity / LEAFLOCK_BACKUP_AGE_IDENTITY_FILE");
+    }
     let keys = Keys::new(args.identity.clone(), passphrase);
     keys.check().or_else(|e| {
         usage(format!(

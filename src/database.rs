@@ -202,39 +202,85 @@ fn tls_connector(conn: &ConnInfo) -> Result<tokio_postgres_rustls::MakeRustlsCon
         .context("TLS setup")?;
     let config = match conn.sslmode {
         SslMode::VerifyCa | SslMode::VerifyFull => {
+            // libpq's roots: sslrootcert, or ~/.postgresql/root.crt; `system` is the
+            // system's store.
             let mut roots = rustls::RootCertStore::empty();
-            match conn.params.iter().find(|(k, _)| k == "sslrootcert") {
-                Some((_, path)) if path != "system" => {
-                    let pem = std::fs::read(path)
-                        .with_context(|| format!("cannot read sslrootcert {path}"))?;
+            let mut own_roots = Vec::new();
+            let param = conn
+                .params
+                .iter()
+                .find(|(k, _)| k == "sslrootcert")
+                .map(|(_, v)| v.clone())
+                .or_else(|| {
+                    std::env::var("PGSSLROOTCERT")
+                        .ok()
+                        .filter(|v| !v.is_empty())
+                });
+            match param.as_deref() {
+                Some("system") => {
+                    let (store, _) = crate::httptls::roots();
+                    roots = store;
+                }
+                other => {
+                    let path = match other {
+                        Some(p) => std::path::PathBuf::from(p),
+                        None => std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                            .join(".postgresql/root.crt"),
+                    };
+                    let pem = std::fs::read(&path).with_context(|| {
+                        format!(
+                            "sslmode={}: cannot read the root certificate {} (give sslrootcert=FILE \
+                             in the URL, or sslrootcert=system)",
+                            conn.sslmode.as_str(),
+                            path.display()
+                        )
+                    })?;
                     for cert in rustls_pki_types_certs(&pem)? {
-                        roots.add(cert).context("bad certificate in sslrootcert")?;
+                        own_roots.push(cert.clone());
+                        // A self-signed server certificate is its own root for libpq; webpki
+                        // may refuse it as a trust anchor only later, as an end entity.
+                        let _ = roots.add(cert);
+                    }
+                    if own_roots.is_empty() {
+                        anyhow::bail!("no certificate in {}", path.display());
                     }
                 }
-                _ => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
             let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots),
-                provider,
+                provider.clone(),
             )
             .build()
             .context("TLS verifier")?;
             let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
-                if conn.sslmode == SslMode::VerifyCa {
-                    Arc::new(IgnoreHostname(verifier))
-                } else {
-                    verifier
-                };
+                Arc::new(LibpqVerifier {
+                    inner: verifier,
+                    own_roots,
+                    check_name: conn.sslmode == SslMode::VerifyFull,
+                });
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_no_client_auth()
         }
         // libpq's require/prefer encrypt without verifying the server's certificate.
-        _ => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-            .with_no_client_auth(),
+        _ => {
+            if conn.sslmode == SslMode::Require {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        server = %conn.redacted(),
+                        "sslmode=require encrypts but does not verify the server's certificate: a \
+                         man in the middle would receive the password; use sslmode=verify-full with \
+                         sslrootcert=FILE (the server's CA, or its self-signed certificate)"
+                    );
+                });
+            }
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth()
+        }
     };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
@@ -296,11 +342,68 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// sslmode=verify-ca semantics: the chain must verify, the host name need not match.
+/// sslmode=verify-ca and verify-full as libpq means them: the chain must verify to a
+/// root of sslrootcert (a self-signed server certificate listed there is its own root),
+/// and with verify-full the host name must match.
 #[derive(Debug)]
-struct IgnoreHostname(Arc<rustls::client::WebPkiServerVerifier>);
+struct LibpqVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    own_roots: Vec<CertificateDer<'static>>,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for IgnoreHostname {
+/// One DER element at the start of `d`: (tag, contents, rest).
+fn der(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, d) = d.split_first()?;
+    let (&len, mut d) = d.split_first()?;
+    let len = if len < 0x80 {
+        len as usize
+    } else {
+        let n = (len & 0x7f) as usize;
+        if n == 0 || n > 4 || d.len() < n {
+            return None;
+        }
+        let v = d[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+        d = &d[n..];
+        v
+    };
+    (d.len() >= len).then(|| (tag, &d[..len], &d[len..]))
+}
+
+/// An X.509 time (UTCTime or GeneralizedTime) as Unix seconds.
+fn der_time(tag: u8, v: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(v).ok()?.trim_end_matches('Z');
+    let full = match tag {
+        0x17 => {
+            let yy: u32 = s.get(..2)?.parse().ok()?;
+            format!("{}{s}", if yy >= 50 { "19" } else { "20" })
+        }
+        0x18 => s.to_string(),
+        _ => return None,
+    };
+    let t = chrono::NaiveDateTime::parse_from_str(&full, "%Y%m%d%H%M%S").ok()?;
+    u64::try_from(t.and_utc().timestamp()).ok()
+}
+
+/// notBefore and notAfter of a certificate, as Unix seconds.
+fn x509_validity(cert: &[u8]) -> Option<(u64, u64)> {
+    let (_, c, _) = der(cert)?;
+    let (_, tbs, _) = der(c)?;
+    let mut rest = tbs;
+    let (tag, _, r) = der(rest)?;
+    if tag == 0xa0 {
+        rest = r; // version
+    }
+    let (_, _, r) = der(rest)?; // serial
+    let (_, _, r) = der(r)?; // signature algorithm
+    let (_, _, r) = der(r)?; // issuer
+    let (_, validity, _) = der(r)?;
+    let (t1, v1, r) = der(validity)?;
+    let (t2, v2, _) = der(r)?;
+    Some((der_time(t1, v1)?, der_time(t2, v2)?))
+}
+
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -309,15 +412,50 @@ impl ServerCertVerifier for IgnoreHostname {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let name_error = |e: &rustls::Error| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. },
+                )
+            )
+        };
         match self
-            .0
+            .inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+            Ok(v) => Ok(v),
+            Err(e) if name_error(&e) && !self.check_name => Ok(ServerCertVerified::assertion()),
+            Err(e)
+                if self
+                    .own_roots
+                    .iter()
+                    .any(|r| r.as_ref() == end_entity.as_ref()) =>
+            {
+                // The server's own self-signed certificate, listed as a root: trusted as
+                // itself. Its validity period and (verify-full) name still count.
+                let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| e.clone())?;
+                let parsed = x509_validity(end_entity);
+                if let Some((not_before, not_after)) = parsed {
+                    let t = now.as_secs();
+                    if t < not_before || t > not_after {
+                        return Err(rustls::Error::InvalidCertificate(
+                            rustls::CertificateError::Expired,
+                        ));
+                    }
+                }
+                if self.check_name {
+                    cert.verify_is_valid_for_subject_name(server_name)
+                        .map_err(|_| {
+                            rustls::Error::InvalidCertificate(
+                                rustls::CertificateError::NotValidForName,
+                            )
+                        })?;
+                }
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
         }
     }
     fn verify_tls12_signature(
@@ -326,7 +464,7 @@ impl ServerCertVerifier for IgnoreHostname {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.inner.verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -334,9 +472,9 @@ impl ServerCertVerifier for IgnoreHostname {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.inner.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.inner.supported_verify_schemes()
     }
 }

@@ -23,7 +23,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::process::Command;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillRecord {
@@ -239,7 +238,7 @@ async fn restore(
     let tool = pgtool::select("pg_restore", opts.pg_restore.as_deref(), archive_major)
         .with_context(|| format!("the archive was written by pg_dump {archive_major}"))?;
     rec.pg_restore_version = tool.version.clone();
-    let mut cmd = Command::new(&tool.path);
+    let mut cmd = pgtool::command(&tool.path);
     cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
         .arg(format!("--dbname={}", target.url_without_password()))
         .envs(target.libpq_env());

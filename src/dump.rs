@@ -6,11 +6,11 @@ use crate::conninfo::ConnInfo;
 use crate::pgtool::{PgTool, ToolProcess};
 use anyhow::{Context, Result};
 use std::process::Stdio;
-use tokio::process::{ChildStdout, Command};
+use tokio::process::ChildStdout;
 
 /// Start `pg_dump --format=custom --compress=0 --snapshot=SNAPSHOT`.
 pub fn spawn(tool: &PgTool, conn: &ConnInfo, snapshot: &str) -> Result<(ToolProcess, ChildStdout)> {
-    let mut cmd = Command::new(&tool.path);
+    let mut cmd = crate::pgtool::command(&tool.path);
     cmd.arg("--format=custom")
         .arg("--compress=0")
         .arg("--no-password")

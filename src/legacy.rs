@@ -7,14 +7,23 @@
 //! password and salt, with SHA-256 (OpenSSL 1.1.0 and later) or MD5 (older). The
 //! digest is recognised by which one decrypts the first block to a gzip header.
 //!
-//! The plain SQL carries `DROP DATABASE`, `CREATE DATABASE`, `ALTER DATABASE` and
-//! `\connect`: [`SqlFilter`] removes those statements, so a restore goes only into the
-//! database the operator named.
+//! The plain SQL is untrusted (a bucket can be written by others). [`replay`] runs it
+//! over the tool's own connection, never through psql: statements through the simple
+//! query protocol, `COPY … FROM stdin` data through COPY-in, each statement judged by
+//! `sqlscript` before it is sent, all of it in one transaction that the caller commits
+//! only once the archive decoded to its end. The old script's `DROP/CREATE/ALTER
+//! DATABASE` and `\connect` for its own database are left out (the named target stands
+//! in for them); anything reaching outside the target stops the restore.
 
+use crate::sqlscript;
 use aes::cipher::{BlockDecryptMut, KeyIvInit};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures::SinkExt;
 use sha2::Digest;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_postgres::Client;
 
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 
@@ -151,97 +160,249 @@ impl<R: Read> Read for Decrypt<R> {
     }
 }
 
-/// Removes database-level statements from a plain pg_dump script: `DROP DATABASE`,
-/// `CREATE DATABASE`, `ALTER DATABASE`, `COMMENT ON DATABASE` and `\connect`. Lines
-/// inside `COPY ... FROM stdin` data are passed through untouched.
-pub struct SqlFilter<R: Read> {
-    inner: BufReader<R>,
-    out: Vec<u8>,
-    pos: usize,
-    in_copy: bool,
-    skipping: bool,
-    pub removed: usize,
-}
-
-impl<R: Read> SqlFilter<R> {
-    pub fn new(inner: R) -> SqlFilter<R> {
-        SqlFilter {
-            inner: BufReader::with_capacity(1 << 20, inner),
-            out: Vec::new(),
-            pos: 0,
-            in_copy: false,
-            skipping: false,
-            removed: 0,
-        }
-    }
-
-    fn keep(&mut self, line: &[u8]) -> bool {
-        if self.in_copy {
-            if line == b"\\.\n" || line == b"\\." {
-                self.in_copy = false;
-            }
-            return true;
-        }
-        if self.skipping {
-            self.skipping = !line.trim_ascii_end().ends_with(b";");
-            return false;
-        }
-        let starts = |p: &[u8]| line.starts_with(p);
-        if starts(b"\\connect ") || starts(b"\\c ") {
-            self.removed += 1;
-            return false;
-        }
-        if starts(b"DROP DATABASE ")
-            || starts(b"CREATE DATABASE ")
-            || starts(b"ALTER DATABASE ")
-            || starts(b"COMMENT ON DATABASE ")
-        {
-            self.removed += 1;
-            self.skipping = !line.trim_ascii_end().ends_with(b";");
-            return false;
-        }
-        if starts(b"COPY ") && line.trim_ascii_end().ends_with(b"FROM stdin;") {
-            self.in_copy = true;
-        }
-        true
-    }
-}
-
-impl<R: Read> Read for SqlFilter<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.out.len() {
-            self.out.clear();
-            self.pos = 0;
-            let mut line = Vec::new();
-            while self.out.len() < 256 * 1024 {
-                line.clear();
-                if self.inner.read_until(b'\n', &mut line)? == 0 {
-                    break;
-                }
-                if self.keep(&line) {
-                    self.out.extend_from_slice(&line);
-                }
-            }
-            if self.out.is_empty() {
-                return Ok(0);
-            }
-        }
-        let n = buf.len().min(self.out.len() - self.pos);
-        buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// The whole decoding chain of an old archive: decrypt, gunzip, filter.
+/// The decoding chain of an old archive: decrypt, gunzip. What comes out is the
+/// plain SQL script, untrusted: [`replay`] reads it.
 pub fn decoder<'a>(
     input: Box<dyn Read + Send + 'a>,
     password: &str,
 ) -> Result<Box<dyn Read + Send + 'a>> {
     let plain = Decrypt::new(input, password)?;
-    Ok(Box::new(SqlFilter::new(flate2::read::MultiGzDecoder::new(
-        plain,
-    ))))
+    Ok(Box::new(flate2::read::MultiGzDecoder::new(plain)))
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub statements: u64,
+    pub copies: u64,
+    pub copy_bytes: u64,
+    /// Statements and backslash lines left out (the archive's own database, psql's
+    /// guards, transaction control).
+    pub skipped: u64,
+    pub lines: u64,
+}
+
+/// The longest line accepted outside COPY data.
+const MAX_LINE: usize = 64 << 20;
+
+/// Lines of the script, with COPY data streamed in pieces (a COPY line can be as long
+/// as the largest value in the table).
+struct Lines<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    line_no: u64,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > (1 << 20) {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let mut chunk = vec![0u8; 256 * 1024];
+        let n = self.inner.read(&mut chunk).await?;
+        if n == 0 {
+            self.eof = true;
+            return Ok(false);
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(true)
+    }
+
+    /// The next whole line (with its `\n`), or `None` at the end.
+    async fn line(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(p) = self.buf[self.pos..].iter().position(|&b| b == b'\n') {
+                let line = self.buf[self.pos..self.pos + p + 1].to_vec();
+                self.pos += p + 1;
+                self.line_no += 1;
+                return Ok(Some(line));
+            }
+            if self.buf.len() - self.pos > MAX_LINE {
+                bail!(
+                    "line {}: a line longer than {} MiB outside COPY data (not something pg_dump writes)",
+                    self.line_no + 1,
+                    MAX_LINE >> 20
+                );
+            }
+            if self.eof || !self.fill().await? {
+                if self.pos == self.buf.len() {
+                    return Ok(None);
+                }
+                let line = self.buf[self.pos..].to_vec();
+                self.pos = self.buf.len();
+                self.line_no += 1;
+                return Ok(Some(line));
+            }
+        }
+    }
+
+    /// The next piece of COPY data: `Some(bytes)` (whole lines, or part of a long one),
+    /// `None` once the `\.` line ended the data.
+    async fn copy_piece(&mut self, at_line_start: &mut bool) -> Result<Option<Vec<u8>>> {
+        loop {
+            let avail = &self.buf[self.pos..];
+            if *at_line_start {
+                let end = [&b"\\.\n"[..], b"\\.\r\n"]
+                    .iter()
+                    .find(|m| avail.starts_with(m))
+                    .map(|m| m.len())
+                    .or((self.eof && avail == b"\\.").then_some(2));
+                if let Some(n) = end {
+                    self.pos += n;
+                    self.line_no += 1;
+                    return Ok(None);
+                }
+                let undecided = avail.len() < 4 && b"\\.\r\n".starts_with(avail)
+                    || avail.len() < 3 && b"\\.\n".starts_with(avail);
+                if undecided && !self.eof {
+                    self.fill().await?;
+                    continue;
+                }
+            }
+            if avail.is_empty() {
+                if self.eof || !self.fill().await? {
+                    bail!(
+                        "line {}: the script ends inside COPY data (no \\. line)",
+                        self.line_no + 1
+                    );
+                }
+                continue;
+            }
+            // Whole lines up to 1 MiB at a time; a longer line goes in pieces.
+            let window = &avail[..avail.len().min(1 << 20)];
+            let (take, whole) = match window.iter().rposition(|&b| b == b'\n') {
+                Some(p) => (p + 1, true),
+                None if avail.len() >= (1 << 20) || self.eof => (window.len(), false),
+                None => {
+                    self.fill().await?;
+                    continue;
+                }
+            };
+            // Stop before a line that might be the end marker, to look at it alone.
+            let piece = &window[..take];
+            let cut = piece
+                .windows(2)
+                .position(|w| w == b"\n\\")
+                .map(|p| p + 1)
+                .unwrap_or(take);
+            let out = self.buf[self.pos..self.pos + cut].to_vec();
+            self.pos += cut;
+            self.line_no += out.iter().filter(|&&b| b == b'\n').count() as u64;
+            *at_line_start = out.last() == Some(&b'\n') || (whole && cut == take);
+            return Ok(Some(out));
+        }
+    }
+}
+
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.severity(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Replay an old script's SQL over `client`, inside one transaction that this function
+/// opens and leaves open: the caller commits once the archive decoded to its end, or
+/// drops the connection (the server rolls everything back).
+///
+/// Statements go through the simple query protocol, `COPY … FROM stdin` data through
+/// COPY-in; psql meta-commands do not exist here. Each statement is judged by
+/// [`sqlscript::judge`] before it is sent: one that reaches outside the target stops
+/// the replay with its line and the reason.
+pub async fn replay<R: AsyncRead + Unpin>(client: &Client, input: R) -> Result<Replayed> {
+    client
+        .batch_execute("BEGIN; SET LOCAL standard_conforming_strings = on")
+        .await
+        .context("cannot begin the restore transaction")?;
+    let mut lines = Lines {
+        inner: input,
+        buf: Vec::new(),
+        pos: 0,
+        eof: false,
+        line_no: 0,
+    };
+    let mut split = sqlscript::Splitter::new();
+    let mut ctx = sqlscript::Context::default();
+    let mut done = Replayed::default();
+    let refused = |line: u64, reason: &str| {
+        anyhow!(
+            "line {line}: refused, {reason}; nothing was restored (one transaction, rolled back)"
+        )
+    };
+    while let Some(raw) = lines.line().await? {
+        let n = lines.line_no;
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| anyhow!("line {n}: not UTF-8 (the old script's dumps are UTF-8)"))?;
+        let items = split
+            .line(n, text)
+            .map_err(|r| refused(r.line, &r.reason))?;
+        for item in items {
+            match item {
+                sqlscript::Item::Meta { line, text } => match sqlscript::judge_meta(&text, &ctx) {
+                    sqlscript::Verdict::Skip(_) => done.skipped += 1,
+                    sqlscript::Verdict::Refuse(r) => return Err(refused(line, &r)),
+                    _ => unreachable!("a backslash line is skipped or refused"),
+                },
+                sqlscript::Item::Statement { line, text } => {
+                    match sqlscript::judge(&text, &mut ctx) {
+                        sqlscript::Verdict::Skip(why) => {
+                            tracing::debug!(line, why, statement = %sqlscript::clip(&text), "left out");
+                            done.skipped += 1;
+                        }
+                        sqlscript::Verdict::Refuse(r) => return Err(refused(line, &r)),
+                        sqlscript::Verdict::Run => {
+                            client.batch_execute(&text).await.map_err(|e| {
+                                anyhow!(
+                                    "line {line}: the server refused {}: {}; nothing was restored",
+                                    sqlscript::clip(&text),
+                                    db_error(&e)
+                                )
+                            })?;
+                            done.statements += 1;
+                        }
+                        sqlscript::Verdict::CopyIn => {
+                            if !split.idle() {
+                                return Err(refused(
+                                    line,
+                                    "more SQL on the line of a COPY … FROM stdin",
+                                ));
+                            }
+                            let fail = |e: tokio_postgres::Error| {
+                                anyhow!(
+                                    "line {line}: {} failed: {}; nothing was restored",
+                                    sqlscript::clip(&text),
+                                    db_error(&e)
+                                )
+                            };
+                            let sink = client
+                                .copy_in::<_, Bytes>(text.as_str())
+                                .await
+                                .map_err(fail)?;
+                            futures::pin_mut!(sink);
+                            let mut at_start = true;
+                            while let Some(piece) = lines.copy_piece(&mut at_start).await? {
+                                done.copy_bytes += piece.len() as u64;
+                                sink.send(Bytes::from(piece)).await.map_err(fail)?;
+                            }
+                            sink.finish().await.map_err(fail)?;
+                            done.copies += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    split
+        .finish(lines.line_no)
+        .map_err(|r| refused(r.line, &r.reason))?;
+    done.lines = lines.line_no;
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -249,21 +410,6 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::process::{Command, Stdio};
-
-    #[test]
-    fn filter_drops_database_statements_but_not_copy_data() {
-        let sql = "DROP DATABASE IF EXISTS notes;\nCREATE DATABASE notes WITH TEMPLATE = template0;\n\
-                   ALTER DATABASE notes OWNER TO notes;\n\\connect notes\nCREATE TABLE t (x text);\n\
-                   COPY public.t (x) FROM stdin;\nDROP DATABASE inside data\n\\connect data\n\\.\nSELECT 1;\n";
-        let mut out = String::new();
-        let mut f = SqlFilter::new(sql.as_bytes());
-        f.read_to_string(&mut out).unwrap();
-        assert_eq!(
-            out,
-            "CREATE TABLE t (x text);\nCOPY public.t (x) FROM stdin;\nDROP DATABASE inside data\n\\connect data\n\\.\nSELECT 1;\n"
-        );
-        assert_eq!(f.removed, 4);
-    }
 
     /// Encrypt with the real `openssl enc` CLI (both key derivations) and decrypt here.
     #[test]

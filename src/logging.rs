@@ -40,7 +40,7 @@ pub fn init(args: &LogArgs) -> Terminal {
         LogFormat::Json => false,
         LogFormat::Text => true,
     };
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| {
+    let filter = filter(&args.log_level).unwrap_or_else(|_| {
         // Bad configuration, before any work: exit 2 like every other bad value.
         eprintln!(
             "error: --log-level / LEAFLOCK_BACKUP_LOG_LEVEL: {:?} is not a level or filter \
@@ -60,6 +60,49 @@ pub fn init(args: &LogArgs) -> Terminal {
     Terminal {
         progress: text && tty && !args.no_progress,
     }
+}
+
+const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+/// Crates whose debug and trace lines can carry request headers (SigV4 canonical
+/// requests with the SSE-C key, Authorization headers): kept at info unless the
+/// operator names them.
+const QUIET_CRATES: &[&str] = &[
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_s3",
+    "aws_config",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "reqwest",
+    "tokio_postgres",
+];
+
+/// The log filter: every directive must end in a real level (`warning` is not one: a
+/// bare word would be read as a target name and silence everything).
+pub fn filter(spec: &str) -> Result<EnvFilter, String> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let mut parts = Vec::new();
+    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map(|x| x.1).unwrap_or(d);
+        if !LEVELS.contains(&level) {
+            return Err(format!("{d:?} does not end in a level"));
+        }
+        parts.push(d.to_string());
+    }
+    if parts.is_empty() {
+        return Err("no level".into());
+    }
+    for c in QUIET_CRATES {
+        if !spec.contains(c) {
+            parts.push(format!("{c}=info"));
+        }
+    }
+    EnvFilter::try_new(parts.join(",")).map_err(|e| e.to_string())
 }
 
 /// Register (or clear) the progress bar that log lines must not tear.

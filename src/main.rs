@@ -16,6 +16,7 @@ mod drill;
 mod dump;
 mod error;
 mod gate;
+mod httptls;
 mod legacy;
 mod lock;
 mod logging;
@@ -29,8 +30,10 @@ mod report;
 mod retention;
 mod schedule;
 mod scope;
+mod secrets;
 mod signals;
 mod signing;
+mod sqlscript;
 mod storage;
 
 use clap::Parser;
@@ -38,8 +41,10 @@ use std::time::Duration;
 
 fn main() {
     let clock = std::time::Instant::now();
+    secrets::load_files();
     let cli = cli::Cli::parse();
     let term = logging::init(&cli.log);
+    secrets::warn_about_argv();
     // Every command's lines share a request id; `run` and `schedule` set one per run.
     logging::set_run_id(&commands::run::new_run_id(chrono::Utc::now()));
     pipeline::return_freed_buffers_to_the_os();

@@ -419,7 +419,7 @@ pub struct Pushgateway {
 
 impl Pushgateway {
     pub fn new(cfg: &MetricsConfig) -> Result<Pushgateway> {
-        let http = reqwest::Client::builder()
+        let http = crate::httptls::reqwest_builder()?
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
             .user_agent(concat!("leaflock-backup/", env!("CARGO_PKG_VERSION")))
@@ -454,16 +454,20 @@ impl Pushgateway {
             .get(format!("{}/api/v1/metrics", self.cfg.url))
             .send()
             .await
-            .with_context(|| format!("cannot reach the Pushgateway at {}", self.cfg.url))?;
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("cannot reach the Pushgateway at {}", self.cfg.shown()))?;
         let status = resp.status();
         if !status.is_success() {
             bail!(
                 "the Pushgateway at {} answered {status} to a read",
-                self.cfg.url
+                self.cfg.shown()
             );
         }
         let body: Value = resp.json().await.with_context(|| {
-            format!("unreadable answer from the Pushgateway at {}", self.cfg.url)
+            format!(
+                "unreadable answer from the Pushgateway at {}",
+                self.cfg.shown()
+            )
         })?;
         GroupState::from_api(&body, &self.cfg.job, database)
     }
@@ -478,13 +482,14 @@ impl Pushgateway {
             .body(body)
             .send()
             .await
-            .with_context(|| format!("cannot reach the Pushgateway at {}", self.cfg.url))?;
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("cannot reach the Pushgateway at {}", self.cfg.shown()))?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             bail!(
                 "the Pushgateway at {} refused the push ({status}): {}",
-                self.cfg.url,
+                self.cfg.shown(),
                 text.trim()
             );
         }
@@ -505,7 +510,7 @@ impl Pushgateway {
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    pushgateway = %self.cfg.url,
+                    pushgateway = %self.cfg.shown(),
                     "cannot read current metric values back from the Pushgateway; pushing this run alone (counters restart)"
                 );
                 (GroupState::default(), false)

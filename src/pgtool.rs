@@ -6,6 +6,11 @@
 //! cannot read it). Among suitable candidates the lowest major wins, so archives stay
 //! readable by the server's own tools. Children run in their own process group, so a
 //! terminal's Ctrl-C reaches only the runner, which then stops them deliberately.
+//!
+//! Children get a cleared environment ([`command`]): PATH, HOME, locale, time zone,
+//! TMPDIR and libpq's own `PG*` settings, never this tool's secrets (the encryption
+//! key, S3 and SSE-C keys, the Pushgateway's credentials). The password is added by
+//! the caller (`ConnInfo::libpq_env`), and only for the database the tool talks to.
 
 use crate::error::UsageError;
 use anyhow::{anyhow, Context, Result};
@@ -18,6 +23,31 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::task::JoinHandle;
 
+/// Whether a variable of this tool's environment may reach a PostgreSQL client tool.
+/// `PGPASSWORD` is not passed through: the caller hands over the password of the
+/// connection the tool makes, and only that.
+pub fn passes_to_child(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "USER" | "LOGNAME" | "TMPDIR" | "TZ" | "LANG" | "LANGUAGE"
+    ) || name.starts_with("LC_")
+        || (name.starts_with("PG") && name != "PGPASSWORD")
+}
+
+/// The environment a PostgreSQL client tool starts with (see the module comment).
+pub fn child_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| k.to_str().is_some_and(passes_to_child))
+        .collect()
+}
+
+/// A command for a PostgreSQL client tool, with a cleared environment.
+pub fn command(path: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.env_clear().envs(child_env());
+    cmd
+}
+
 /// A pg_dump binary and the version it reports.
 #[derive(Debug, Clone)]
 pub struct PgTool {
@@ -29,6 +59,8 @@ pub struct PgTool {
 /// Run `TOOL --version` and parse "pg_dump (PostgreSQL) 15.18 (Debian ...)".
 pub fn probe(path: &Path) -> Option<PgTool> {
     let out = std::process::Command::new(path)
+        .env_clear()
+        .envs(child_env())
         .arg("--version")
         .stdin(Stdio::null())
         .output()
@@ -235,7 +267,39 @@ impl ToolProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_major;
+    use super::{parse_major, passes_to_child};
+
+    #[test]
+    fn secrets_never_pass_to_children() {
+        for k in [
+            "BACKUP_ENCRYPTION_KEY",
+            "LEAFLOCK_BACKUP_ENCRYPTION_KEY",
+            "LEAFLOCK_BACKUP_S3_SECRET_KEY",
+            "LEAFLOCK_BACKUP_SSE_C_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "BACKUP_S3_SECRET_KEY",
+            "LEAFLOCK_BACKUP_PUSHGATEWAY_URL",
+            "LEAFLOCK_BACKUP_DATABASE_URL",
+            "DATABASE_URL",
+            "PGPASSWORD",
+            "POSTGRES_PASSWORD",
+            "SERVER_ENCRYPTION_KEY",
+            "JWT_SECRET",
+        ] {
+            assert!(!passes_to_child(k), "{k}");
+        }
+        for k in [
+            "PATH",
+            "LANG",
+            "LC_ALL",
+            "PGSSLROOTCERT",
+            "PGPASSFILE",
+            "HOME",
+        ] {
+            assert!(passes_to_child(k), "{k}");
+        }
+    }
 
     #[test]
     fn parses_versions() {

@@ -18,6 +18,7 @@ use crate::config::{
 use crate::conninfo::ConnInfo;
 use crate::database;
 use crate::error::{usage, UsageError};
+use crate::legacy;
 use crate::manifest::Manifest;
 use crate::pgtool::{self, PgTool, ToolProcess};
 use crate::readback;
@@ -55,7 +56,11 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     )?;
     let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
     let cancel = Cancel::install().context("cannot install signal handlers")?;
-    let timeout = Duration::from_secs(args.connect_timeout.max(1));
+    crate::config::check_seconds(
+        args.connect_timeout,
+        "--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
+    )?;
+    let timeout = Duration::from_secs(args.connect_timeout);
 
     let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
@@ -83,7 +88,6 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     };
 
     let client = database::connect(&target, timeout).await?;
-    let target_major = database::server_version(&client).await?.major();
     let tables: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -112,7 +116,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         tokio::select! {
             biased;
             sig = cancel.cancelled() => return Err(anyhow!("stopped by {sig}; the single-transaction restore was rolled back")),
-            r = legacy_restore(storage.as_ref(), &entry.key, password, &target, target_major) => r?,
+            r = legacy_restore(storage.as_ref(), &entry.key, password, &target, timeout) => r?,
         }
         tracing::info!(
             key = %entry.key,
@@ -191,7 +195,7 @@ fn confirm(
 }
 
 fn pg_restore_cmd(tool: &PgTool, target: &ConnInfo, args: &RestoreArgs) -> Command {
-    let mut cmd = Command::new(&tool.path);
+    let mut cmd = pgtool::command(&tool.path);
     cmd.arg("--exit-on-error")
         .arg(format!("--dbname={}", target.url_without_password()))
         .envs(target.libpq_env())
@@ -275,32 +279,95 @@ async fn spooled_restore(
         .context("pg_restore failed; the target may hold a partial restore (parallel restore is not one transaction)")
 }
 
-/// An archive of the old script: decrypt, gunzip, drop database-level statements, and
-/// feed the SQL to `psql --single-transaction` on the target (so a failure restores
-/// nothing).
+/// An archive of the old script: decrypt, gunzip, and replay its SQL over this tool's
+/// own connection (`legacy::replay`), in one transaction committed only once the
+/// archive decoded to its end. No shell-capable client is ever started.
 async fn legacy_restore(
     storage: &dyn Storage,
     key: &str,
     password: String,
     target: &ConnInfo,
-    target_major: u32,
+    timeout: Duration,
 ) -> Result<()> {
-    let psql = pgtool::select("psql", None, target_major)
-        .with_context(|| format!("the target server is PostgreSQL {target_major}"))?;
+    let client = database::connect(target, timeout).await?;
+    warn_if_privileged(&client, target).await;
     tracing::info!(
         key,
-        psql = %psql.path.display(),
-        "old script's archive: decrypting (openssl aes-256-cbc), decompressing and replaying its SQL \
-         into the target, without its DROP/CREATE DATABASE and \\connect lines"
+        "old script's archive: decrypting (openssl aes-256-cbc), decompressing and replaying its \
+         SQL over this tool's own connection in one transaction; its DROP/CREATE DATABASE and \
+         \\connect for its own database are left out, anything reaching outside the target stops it"
     );
-    let mut cmd = Command::new(&psql.path);
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
-        .arg(format!("--dbname={}", target.url_without_password()))
-        .args(["-f", "-"])
-        .envs(target.libpq_env());
+    let (writer, reader) = tokio::io::duplex(1 << 20);
     let decode = readback::Decode::Legacy { password };
-    readback::feed_tool(storage, key, None, decode, "psql", cmd)
+    let read = readback::read_back(storage, key, decode, writer, None);
+    let replay = legacy::replay(&client, reader);
+    tokio::pin!(read);
+    tokio::pin!(replay);
+    let mut replayed = None;
+    let read = loop {
+        tokio::select! {
+            r = &mut read => break r,
+            r = &mut replay, if replayed.is_none() => replayed = Some(r),
+        }
+    };
+    // Every early return drops the connection inside its open transaction: the server
+    // rolls back everything the script did.
+    let (report, held) = read?;
+    if let Some(Err(e)) = replayed {
+        return Err(e);
+    }
+    if held.is_some() {
+        return Err(report
+            .consumer_error
+            .unwrap_or_else(|| anyhow!("the archive stream was not completed"))
+            .context("nothing was restored (one transaction, rolled back)"));
+    }
+    if let Some(e) = report.consumer_error {
+        return Err(e.context("nothing was restored (one transaction, rolled back)"));
+    }
+    let done = match replayed {
+        Some(r) => r?,
+        None => replay.await?,
+    };
+    client
+        .batch_execute("COMMIT")
         .await
-        .context("nothing was restored (psql ran in a single transaction)")?;
+        .context("the restore could not be committed; nothing was restored")?;
+    tracing::info!(
+        statements = done.statements,
+        copies = done.copies,
+        copy_bytes = done.copy_bytes,
+        left_out = done.skipped,
+        lines = done.lines,
+        stored_bytes = report.stored_bytes,
+        "old script's archive replayed and committed"
+    );
     Ok(())
+}
+
+/// A role that may run programs or touch files on the server turns a mistake in the
+/// checks into a hole: say so, and how to avoid it.
+async fn warn_if_privileged(client: &tokio_postgres::Client, target: &ConnInfo) {
+    let row = client
+        .query_one(
+            "SELECT rolsuper,
+                    pg_has_role(current_user, 'pg_execute_server_program', 'USAGE')
+                 OR pg_has_role(current_user, 'pg_read_server_files', 'USAGE')
+                 OR pg_has_role(current_user, 'pg_write_server_files', 'USAGE')
+               FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await;
+    if let Ok(row) = row {
+        let (superuser, files): (bool, bool) = (row.get(0), row.get(1));
+        if superuser || files {
+            tracing::warn!(
+                role = %target.user,
+                superuser,
+                "restoring an old script's archive as a role that may run programs or read and write \
+                 files on the database server: every statement is checked before it runs, but a role \
+                 that owns the target database and nothing more is the safer choice (README: Security)"
+            );
+        }
+    }
 }

@@ -358,7 +358,7 @@ pub async fn push_metrics(
     };
     match result {
         Ok(report) => tracing::info!(
-            pushgateway = %mcfg.url,
+            pushgateway = %mcfg.shown(),
             duration_seconds = seconds(clock),
             backup_status = backup.map(|b| if b.success { "success" } else { "failure" }),
             drill_status = drill.map(|d| if d.success { "success" } else { "failure" }),
@@ -368,11 +368,11 @@ pub async fn push_metrics(
             "metrics pushed"
         ),
         Err(e) => tracing::warn!(
-            pushgateway = %mcfg.url,
+            pushgateway = %mcfg.shown(),
             error = format!("{e:#}"),
             duration_seconds = seconds(clock),
             "could not push metrics to the Pushgateway at {}; the outcome is unaffected",
-            mcfg.url
+            mcfg.shown()
         ),
     }
 }

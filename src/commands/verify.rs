@@ -13,7 +13,6 @@ use crate::config::{
 use crate::pgtool;
 use crate::readback;
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::process::Command;
 
 pub async fn execute(args: &VerifyArgs) -> Result<()> {
     let dest = resolve_destination(&args.destination, &process_env)?;
@@ -42,7 +41,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     let tool = pgtool::select("pg_restore", explicit.as_deref(), major)?;
     tracing::info!(key = %entry.key, pg_restore = %tool.path.display(), "verifying");
 
-    let mut cmd = Command::new(&tool.path);
+    let mut cmd = pgtool::command(&tool.path);
     cmd.arg("--file=/dev/null");
     let fed = readback::feed_tool(
         storage.as_ref(),

@@ -4,6 +4,11 @@
 //! then linked into place (which fails rather than overwrite an existing object) and
 //! the directory fsynced. A crash leaves at most a `.partial` file, never a partial
 //! object under a final name.
+//!
+//! Everything this backend creates is private whatever the umask: files 0600 (objects,
+//! manifests, records, partials), directories 0700. The write probe is opened with
+//! O_CREAT|O_EXCL|O_NOFOLLOW under a random name, so a planted symlink is never
+//! followed.
 
 use super::{ObjectInfo, ObjectWriter, Storage, Unfinished};
 use crate::config::LocalConfig;
@@ -11,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncRead;
 use tokio::io::AsyncWriteExt;
@@ -35,6 +41,33 @@ impl LocalStorage {
         }
         Ok(self.dir.join(key))
     }
+}
+
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+/// `mkdir -p` with private modes for every directory it creates.
+async fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// A new private file; fails if anything (a file, a symlink) is at `path`.
+async fn create_private(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await
 }
 
 /// Whether `key` names a temporary file of this backend (`.NAME.partial-PID-RANDOM`).
@@ -86,23 +119,27 @@ impl Storage for LocalStorage {
     }
 
     async fn preflight(&self) -> Result<()> {
-        tokio::fs::create_dir_all(&self.dir)
+        create_dirs(&self.dir)
             .await
             .with_context(|| format!("cannot create backup directory {}", self.dir.display()))?;
-        let probe = self
-            .dir
-            .join(format!(".leaflock-write-test-{}", std::process::id()));
-        tokio::fs::write(&probe, b"ok")
+        let probe = self.dir.join(format!(
+            ".leaflock-write-test-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut f = create_private(&probe)
             .await
             .with_context(|| format!("backup directory {} is not writable", self.dir.display()))?;
+        let w = f.write_all(b"ok").await;
+        drop(f);
         let _ = tokio::fs::remove_file(&probe).await;
-        Ok(())
+        w.with_context(|| format!("backup directory {} is not writable", self.dir.display()))
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
         let final_path = self.path(key)?;
         if let Some(parent) = final_path.parent() {
-            tokio::fs::create_dir_all(parent)
+            create_dirs(parent)
                 .await
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
@@ -113,10 +150,7 @@ impl Storage for LocalStorage {
             );
         }
         let tmp = temp_path(&final_path);
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
+        let file = create_private(&tmp)
             .await
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         Ok(Box::new(LocalWriter {
@@ -132,8 +166,10 @@ impl Storage for LocalStorage {
             let final_path = self.path(key)?;
             let tmp = temp_path(&final_path);
             let r: Result<()> = async {
-                tokio::fs::write(&tmp, &data).await?;
-                tokio::fs::File::open(&tmp).await?.sync_all().await?;
+                let mut f = create_private(&tmp).await?;
+                f.write_all(&data).await?;
+                f.sync_all().await?;
+                drop(f);
                 tokio::fs::rename(&tmp, &final_path).await?;
                 Ok(())
             }
@@ -174,11 +210,18 @@ impl Storage for LocalStorage {
     }
 
     async fn get_small(&self, key: &str) -> Result<Bytes> {
+        use tokio::io::AsyncReadExt;
         let p = self.path(key)?;
-        Ok(tokio::fs::read(&p)
+        let f = tokio::fs::File::open(&p)
             .await
-            .with_context(|| format!("cannot read {}", p.display()))?
-            .into())
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        let mut data = Vec::new();
+        f.take(super::SMALL_MAX + 1)
+            .read_to_end(&mut data)
+            .await
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        super::check_small(key, data.len() as u64)?;
+        Ok(data.into())
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

@@ -62,7 +62,8 @@ pub trait Storage: Send + Sync {
     /// an existing object at `key` is an error and stays untouched.
     async fn put_small(&self, key: &str, data: Bytes, replace: bool) -> Result<()>;
 
-    /// Read a whole object into memory (small objects only: manifests).
+    /// Read a whole object into memory (small objects only: manifests, records). One
+    /// larger than [`SMALL_MAX`] is refused without being read whole.
     async fn get_small(&self, key: &str) -> Result<Bytes>;
 
     /// Open an object for streaming.
@@ -100,6 +101,21 @@ pub trait ObjectWriter: Send {
 
     /// Discard everything written; leave no trace.
     async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// The largest manifest or record read: far above any real one (kilobytes), far below
+/// what would strain a 256 MiB pod.
+pub const SMALL_MAX: u64 = 4 << 20;
+
+/// The error for a small object that is not small.
+pub fn check_small(key: &str, size: u64) -> Result<()> {
+    if size > SMALL_MAX {
+        anyhow::bail!(
+            "{key} is larger than {} MiB: not a manifest or record this tool wrote; not read",
+            SMALL_MAX >> 20
+        );
+    }
+    Ok(())
 }
 
 pub async fn open(cfg: &DestinationConfig) -> Result<Box<dyn Storage>> {

@@ -410,12 +410,22 @@ impl Storage for S3Storage {
                     describe_error(&e)
                 )
             })?;
-        Ok(out
-            .body
-            .collect()
+        // Refuse a large object before reading it (its length as the store says), and
+        // never hold more than the cap even if the length was a lie.
+        if let Some(n) = out.content_length() {
+            super::check_small(key, n.max(0) as u64)?;
+        }
+        let mut body = out.body;
+        let mut data = Vec::new();
+        while let Some(chunk) = body
+            .try_next()
             .await
             .with_context(|| format!("cannot read {key}"))?
-            .into_bytes())
+        {
+            data.extend_from_slice(&chunk);
+            super::check_small(key, data.len() as u64)?;
+        }
+        Ok(data.into())
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

@@ -1,0 +1,133 @@
+//! Where secrets come from, besides flags and variables: `NAME_FILE` for every secret
+//! variable (a mounted Kubernetes Secret, a systemd credential), read before the flags
+//! are parsed; and a warning when a secret was given on the command line, where `ps`
+//! shows it to every user of the host.
+
+use crate::error::EXIT_USAGE;
+
+/// Every variable that carries a secret; each also has a `NAME_FILE` form.
+pub const SECRET_VARIABLES: &[&str] = &[
+    "LEAFLOCK_BACKUP_DATABASE_URL",
+    "LEAFLOCK_BACKUP_TARGET_DATABASE_URL",
+    "LEAFLOCK_BACKUP_DRILL_DATABASE_URL",
+    "LEAFLOCK_BACKUP_S3_ACCESS_KEY",
+    "LEAFLOCK_BACKUP_S3_SECRET_KEY",
+    "LEAFLOCK_BACKUP_SSE_C_KEY",
+    "LEAFLOCK_BACKUP_ENCRYPTION_KEY",
+    "LEAFLOCK_BACKUP_PUSHGATEWAY_URL",
+    "BACKUP_ENCRYPTION_KEY",
+    "BACKUP_S3_ACCESS_KEY",
+    "BACKUP_S3_SECRET_KEY",
+    "DATABASE_URL",
+    "POSTGRESQL_PASSWORD",
+    "PGPASSWORD",
+    "POSTGRES_PASSWORD",
+];
+
+/// Flags whose value is a secret (URLs only when they hold a password).
+const SECRET_FLAGS: &[&str] = &[
+    "--s3-secret-key",
+    "--sse-c-key",
+    "--encryption-key",
+    "--s3-access-key",
+];
+const URL_FLAGS: &[&str] = &[
+    "--database-url",
+    "--target-database-url",
+    "--drill-database-url",
+    "--pushgateway-url",
+];
+
+/// Read `NAME_FILE` into `NAME` for every secret variable that is not set itself (the
+/// file's content, without its trailing newline). An unreadable file, or both forms
+/// at once, ends the process with exit 2 before any work.
+pub fn load_files() {
+    for name in SECRET_VARIABLES {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = std::env::var_os(&file_var).filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        if std::env::var_os(name).is_some_and(|v| !v.is_empty()) {
+            eprintln!("error: {name} and {file_var} are both set: give one");
+            std::process::exit(EXIT_USAGE);
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let value = text.trim_end_matches(['\n', '\r']);
+                if value.is_empty() {
+                    eprintln!("error: {file_var}: {} is empty", path.to_string_lossy());
+                    std::process::exit(EXIT_USAGE);
+                }
+                // Before any thread exists: nothing else reads the environment yet.
+                std::env::set_var(name, value);
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: {file_var}: cannot read {}: {e}",
+                    path.to_string_lossy()
+                );
+                std::process::exit(EXIT_USAGE);
+            }
+        }
+    }
+}
+
+/// The secret flags on this process's command line.
+pub fn flags_on_argv(argv: &[String]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for (i, a) in argv.iter().enumerate() {
+        let (flag, value) = match a.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (a.as_str(), argv.get(i + 1).map(String::as_str)),
+        };
+        if let Some(f) = SECRET_FLAGS.iter().find(|f| **f == flag) {
+            out.push(*f);
+        } else if let Some(f) = URL_FLAGS.iter().find(|f| **f == flag) {
+            let has_password = value
+                .and_then(|v| url::Url::parse(v).ok())
+                .is_some_and(|u| u.password().is_some());
+            if has_password {
+                out.push(*f);
+            }
+        }
+    }
+    out
+}
+
+/// One warning line per secret flag given on the command line.
+pub fn warn_about_argv() {
+    let argv: Vec<String> = std::env::args().collect();
+    for flag in flags_on_argv(&argv) {
+        tracing::warn!(
+            flag,
+            "{flag} was given on the command line, where `ps` shows it to every user of this host; \
+             use its variable or its *_FILE form instead"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flags_on_argv;
+
+    #[test]
+    fn finds_secret_flags_in_both_forms() {
+        let argv: Vec<String> = [
+            "leaflock-backup",
+            "run",
+            "--encryption-key=x",
+            "--s3-secret-key",
+            "y",
+            "--database-url",
+            "postgresql://u:pw@h/db",
+            "--pushgateway-url",
+            "http://pgw:9091",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            flags_on_argv(&argv),
+            vec!["--encryption-key", "--s3-secret-key", "--database-url"]
+        );
+    }
+}
