@@ -611,13 +611,13 @@ fn secrets_come_from_files_and_a_secret_flag_is_warned_about() {
     // The backup is encrypted with the file's passphrase: verify needs exactly it.
     let mut verify = runner();
     verify
-        .args(["verify", "latest", "--local-dir"])
+        .args(["verify", "latest", "--database", &name, "--local-dir"])
         .arg(&store)
         .env("BACKUP_ENCRYPTION_KEY", "from-a-file");
     run(verify).expect_code(0);
     let mut wrong = runner();
     wrong
-        .args(["verify", "latest", "--local-dir"])
+        .args(["verify", "latest", "--database", &name, "--local-dir"])
         .arg(&store)
         .env("BACKUP_ENCRYPTION_KEY", "from-a-file\n-not");
     run(wrong).expect_code(1);
@@ -735,7 +735,7 @@ fn a_readable_identity_file_is_warned_about() {
         std::fs::set_permissions(&id, std::fs::Permissions::from_mode(mode)).unwrap();
         let mut verify = runner();
         verify
-            .args(["verify", "latest", "--local-dir"])
+            .args(["verify", "latest", "--database", &name, "--local-dir"])
             .arg(&store)
             .arg("--identity")
             .arg(&id);
