@@ -165,24 +165,35 @@ fn unit_env(settings: &BTreeMap<String, Vec<String>>, name: &str) -> Option<Stri
 fn units_in_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let service = read("systemd/leaflock-backup.service");
-    assert!(service.contains("ExecStart=/usr/local/bin/leaflock-backup run"));
+    assert!(service.contains("ExecStart=/usr/bin/leaflock-backup run"));
     std::fs::write(
         dir.path().join("leaflock-backup.service"),
-        service.replace("/usr/local/bin/leaflock-backup", bin()),
+        service.replace("/usr/bin/leaflock-backup", bin()),
     )
     .unwrap();
-    std::fs::copy(
-        path("systemd/leaflock-backup.timer"),
-        dir.path().join("leaflock-backup.timer"),
+    let drill = read("systemd/leaflock-backup-drill.service");
+    assert!(drill.contains("ExecStart=/usr/bin/leaflock-backup drill latest"));
+    std::fs::write(
+        dir.path().join("leaflock-backup-drill.service"),
+        drill.replace("/usr/bin/leaflock-backup", bin()),
     )
     .unwrap();
+    for timer in ["leaflock-backup.timer", "leaflock-backup-drill.timer"] {
+        std::fs::copy(path(&format!("systemd/{timer}")), dir.path().join(timer)).unwrap();
+    }
     dir
 }
 
 fn systemd_verify(dir: &Path) -> (i32, String, String) {
     output(
         Command::new("systemd-analyze")
-            .args(["verify", "leaflock-backup.service", "leaflock-backup.timer"])
+            .args([
+                "verify",
+                "leaflock-backup.service",
+                "leaflock-backup.timer",
+                "leaflock-backup-drill.service",
+                "leaflock-backup-drill.timer",
+            ])
             .current_dir(dir)
             // Relative names are looked up in the working directory only.
             .env("SYSTEMD_LOG_COLOR", "0"),
