@@ -14,6 +14,7 @@ mod debris;
 mod drill;
 mod dump;
 mod error;
+mod httptls;
 mod legacy;
 mod lock;
 mod logging;

@@ -376,7 +376,7 @@ pub struct Pushgateway {
 
 impl Pushgateway {
     pub fn new(cfg: &MetricsConfig) -> Result<Pushgateway> {
-        let http = reqwest::Client::builder()
+        let http = crate::httptls::reqwest_builder()?
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
             .user_agent(concat!("leaflock-backup/", env!("CARGO_PKG_VERSION")))
