@@ -110,7 +110,7 @@ fn shipped_units_and_package_under_a_real_systemd() {
     // The source: a LeafLock-shaped database on PostgreSQL 18 (the root gets the
     // PostgreSQL 18 client, as postgresql-client-18 would install it).
     let db = unique("sysd");
-    let db_url = leaflock_db(Pg::V18, &db, 24);
+    let db_url = leaflock_db(Pg::V18, &db, 64);
     let prefix = format!("{}/", unique("systemd"));
     let group = unique("systemd_metrics");
 
@@ -285,10 +285,13 @@ fn shipped_units_and_package_under_a_real_systemd() {
 
     // ---- `systemctl stop` mid-run: S3 through a throttling proxy so the upload lasts.
     let proxy = proxy::throttle(&proxy::host_port(&tb.s3_endpoint()), 400_000);
+    // Small parts, one in flight: the dump is still streaming when the stop comes (with
+    // the shipped 16 MiB x 4 the whole object is buffered and the stop lands in the
+    // commit, which the runner lets finish).
     let slow = env_text.replace(
         &format!("LEAFLOCK_BACKUP_S3_ENDPOINT={}", tb.s3_endpoint()),
         &format!("LEAFLOCK_BACKUP_S3_ENDPOINT={}", proxy.url()),
-    );
+    ) + "LEAFLOCK_BACKUP_PART_SIZE=5MiB\nLEAFLOCK_BACKUP_PARTS_IN_FLIGHT=1\n";
     m.root
         .write("etc/leaflock-backup/leaflock-backup.env", &slow);
     m.ok("systemctl daemon-reload");
