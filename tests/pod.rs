@@ -212,9 +212,9 @@ fn run_pod(root: &RootCopy, pod: &Pod, memory_limit: u64) -> Outcome {
 
 #[test]
 #[ignore = "not finished: under a cgroup-v1 memory limit of the manifest's 256Mi the \
-            debug-build run is OOM-killed as pg_dump starts (peak 256 MiB charged); \
-            whether that is the page cache of the 141 MB debug binary, anonymous memory, \
-            or a real misfit of the settings is not yet measured"]
+            debug-build run is OOM-killed as pg_dump starts; under 1 GiB it passes with \
+            524 MiB charged at peak, 256 MiB of it page cache still held at the end: \
+            which part is the runner's and pg_dump's own memory is not yet measured"]
 fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
     if let Some(why) = skip_reason(&["kubectl", "unshare", "setpriv"]) {
         eprintln!("SKIPPED: {why}");
@@ -294,8 +294,8 @@ fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
             out.code,
             t.elapsed().as_secs_f64(),
             out.peak as f64 / (1 << 20) as f64,
+            limit >> 20,
             out.cache as f64 / (1 << 20) as f64,
-            pod.memory_limit >> 20,
             pod.tmp_size >> 20
         );
         assert_eq!(
