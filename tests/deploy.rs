@@ -165,24 +165,35 @@ fn unit_env(settings: &BTreeMap<String, Vec<String>>, name: &str) -> Option<Stri
 fn units_in_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let service = read("systemd/leaflock-backup.service");
-    assert!(service.contains("ExecStart=/usr/local/bin/leaflock-backup run"));
+    assert!(service.contains("ExecStart=/usr/bin/leaflock-backup run"));
     std::fs::write(
         dir.path().join("leaflock-backup.service"),
-        service.replace("/usr/local/bin/leaflock-backup", bin()),
+        service.replace("/usr/bin/leaflock-backup", bin()),
     )
     .unwrap();
-    std::fs::copy(
-        path("systemd/leaflock-backup.timer"),
-        dir.path().join("leaflock-backup.timer"),
+    let drill = read("systemd/leaflock-backup-drill.service");
+    assert!(drill.contains("ExecStart=/usr/bin/leaflock-backup drill latest"));
+    std::fs::write(
+        dir.path().join("leaflock-backup-drill.service"),
+        drill.replace("/usr/bin/leaflock-backup", bin()),
     )
     .unwrap();
+    for timer in ["leaflock-backup.timer", "leaflock-backup-drill.timer"] {
+        std::fs::copy(path(&format!("systemd/{timer}")), dir.path().join(timer)).unwrap();
+    }
     dir
 }
 
 fn systemd_verify(dir: &Path) -> (i32, String, String) {
     output(
         Command::new("systemd-analyze")
-            .args(["verify", "leaflock-backup.service", "leaflock-backup.timer"])
+            .args([
+                "verify",
+                "leaflock-backup.service",
+                "leaflock-backup.timer",
+                "leaflock-backup-drill.service",
+                "leaflock-backup-drill.timer",
+            ])
             .current_dir(dir)
             // Relative names are looked up in the working directory only.
             .env("SYSTEMD_LOG_COLOR", "0"),
@@ -441,7 +452,8 @@ fn systemd_environment_file_lists_every_variable() {
 // Kubernetes
 // ---------------------------------------------------------------------------
 
-/// Every manifest under k8s/ except kustomizations and the PrometheusRule (a CRD the
+/// Every manifest under k8s/ except kustomizations, patches (`*-patch.yaml`: partial
+/// objects, validated in the rendered output) and the PrometheusRule (a CRD the
 /// validator has no schema for; checked by structure below).
 fn k8s_manifests() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -452,6 +464,7 @@ fn k8s_manifests() -> Vec<PathBuf> {
             } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
                 && p.file_name().unwrap() != "kustomization.yaml"
                 && p.file_name().unwrap() != "prometheusrule.yaml"
+                && !p.to_string_lossy().ends_with("-patch.yaml")
             {
                 out.push(p);
             }
@@ -587,6 +600,85 @@ fn kustomize_renders_the_base_the_drill_overlay_and_the_rules() {
         files.push(f);
     }
     kubernetes_validate_files(&files);
+}
+
+#[test]
+fn many_databases_overlay_adds_a_database_with_its_own_schedule_secret_and_group() {
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("SKIPPED: kubectl is not installed; `kubectl kustomize` cannot be checked here");
+        return;
+    }
+    let (code, out, err) = output(
+        Command::new("kubectl")
+            .arg("kustomize")
+            .arg(path("k8s/overlays/many-databases")),
+    );
+    assert_eq!(
+        code, 0,
+        "kubectl kustomize k8s/overlays/many-databases: {err}"
+    );
+    let docs = yaml_docs(&out);
+    let jobs: Vec<&Yaml> = docs.iter().filter(|d| s(d, "kind") == "CronJob").collect();
+    assert_eq!(jobs.len(), 2, "two CronJobs: {jobs:?}");
+    let configmaps: BTreeMap<&str, &Yaml> = docs
+        .iter()
+        .filter(|d| s(d, "kind") == "ConfigMap")
+        .map(|d| (s(d, "metadata.name"), d))
+        .collect();
+    // Per CronJob: (schedule, database, metrics group, Secrets referenced).
+    let mut seen = Vec::new();
+    for cj in &jobs {
+        let name = s(cj, "metadata.name");
+        let pod = at(cj, "spec.jobTemplate.spec.template.spec");
+        let c = at(pod, "containers.0");
+        let env = container_env(cj);
+        let value = |k: &str| {
+            env.get(k)
+                .and_then(|v| v["value"].as_str())
+                .map(str::to_string)
+        };
+        let cm = configmaps[s(c, "envFrom.0.configMapRef.name")];
+        let database = value("POSTGRESQL_DATABASE")
+            .unwrap_or_else(|| s(cm, "data.POSTGRESQL_DATABASE").to_string());
+        let group = value("LEAFLOCK_BACKUP_METRICS_DATABASE").unwrap_or_else(|| database.clone());
+        let schedule = s(cj, "spec.schedule").to_string();
+        assert_eq!(
+            value("LEAFLOCK_BACKUP_SCHEDULE").as_deref(),
+            Some(schedule.as_str()),
+            "{name}: the pushed schedule is the CronJob's"
+        );
+        let secrets: BTreeSet<String> = env
+            .values()
+            .filter_map(|v| v["valueFrom"]["secretKeyRef"]["name"].as_str())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(secrets.len(), 1, "{name}: one Secret: {secrets:?}");
+        assert_eq!(
+            s(pod, "serviceAccountName"),
+            format!(
+                "leaflock-backup{}",
+                name.strip_prefix("leaflock-backup").unwrap()
+            )
+        );
+        seen.push((schedule, database, group, secrets));
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert_ne!(a.0, b.0, "own schedule");
+    assert_ne!(a.1, b.1, "own database");
+    assert_ne!(a.2, b.2, "own Pushgateway grouping label");
+    assert_ne!(a.3, b.3, "own Secret");
+
+    // The rendered overlay validates too.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("many-databases.yaml");
+    std::fs::write(&f, &out).unwrap();
+    kubernetes_validate_files(&[f]);
 }
 
 fn cronjobs() -> Vec<(String, Yaml)> {

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod machine;
 pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
