@@ -210,6 +210,9 @@ fn shipped_units_and_package_under_a_real_systemd() {
     m.root
         .write("etc/leaflock-backup/leaflock-backup.env", &env_text);
     m.ok("chmod 600 /etc/leaflock-backup/leaflock-backup.env");
+    // The install step the unit's comment and the README give: the signing key, which
+    // the unit loads as a credential.
+    m.ok("leaflock-backup keygen --out /etc/leaflock-backup/signing.key");
 
     // ---- A run started by the timer, moved to a moment ahead.
     let when = moment_ahead(&m, 8);
