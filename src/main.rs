@@ -44,9 +44,10 @@ fn main() {
     secrets::load_files();
     let cli = cli::Cli::parse();
     let term = logging::init(&cli.log);
-    secrets::warn_about_argv();
-    // Every command's lines share a request id; `run` and `schedule` set one per run.
+    // Every command's lines share a request id (the first warning included); `run` and
+    // `schedule` set one per run.
     logging::set_run_id(&commands::run::new_run_id(chrono::Utc::now()));
+    secrets::warn_about_argv();
     pipeline::return_freed_buffers_to_the_os();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

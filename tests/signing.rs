@@ -637,7 +637,9 @@ fn a_non_superuser_drill_role_cannot_escape_its_scratch_database() {
             databases_like(pg, "leaflock_drill_")
                 .iter()
                 .all(|d| !d.contains(
-                    &r.lines[0]["run_id"]
+                    // The drill's own run id (it names the scratch database): the
+                    // last line's; earlier lines may carry the command's request id.
+                    &r.lines.last().unwrap()["run_id"]
                         .as_str()
                         .unwrap()
                         .to_lowercase()
