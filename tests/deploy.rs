@@ -398,6 +398,27 @@ fn variables_the_binary_reads() -> BTreeSet<String> {
     out
 }
 
+/// The `NAME_FILE` forms of the secret variables (src/secrets.rs): read by the binary,
+/// never required to be listed.
+fn file_variables() -> BTreeSet<String> {
+    let text = read("src/secrets.rs");
+    let list = text
+        .split("pub const SECRET_VARIABLES: &[&str] = &[")
+        .nth(1)
+        .expect("SECRET_VARIABLES in src/secrets.rs")
+        .split("];")
+        .next()
+        .unwrap();
+    let out: BTreeSet<String> = list
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(|v| format!("{v}_FILE"))
+        .collect();
+    assert!(out.contains("POSTGRESQL_PASSWORD_FILE"), "{out:?}");
+    out
+}
+
 /// Variables the environment file may list ahead of the binary reading them.
 const PENDING_VARIABLES: &[&str] = &[];
 
@@ -440,7 +461,11 @@ fn systemd_environment_file_lists_every_variable() {
     );
     let unknown: Vec<_> = listed
         .iter()
-        .filter(|n| !reads.contains(*n) && !PENDING_VARIABLES.contains(&n.as_str()))
+        .filter(|n| {
+            !reads.contains(*n)
+                && !file_variables().contains(*n)
+                && !PENDING_VARIABLES.contains(&n.as_str())
+        })
         .collect();
     assert!(
         unknown.is_empty(),
@@ -653,9 +678,15 @@ fn many_databases_overlay_adds_a_database_with_its_own_schedule_secret_and_group
             Some(schedule.as_str()),
             "{name}: the pushed schedule is the CronJob's"
         );
+        let volumes = at(pod, "volumes").as_sequence().unwrap();
         let secrets: BTreeSet<String> = env
             .values()
             .filter_map(|v| v["valueFrom"]["secretKeyRef"]["name"].as_str())
+            .chain(
+                volumes
+                    .iter()
+                    .filter_map(|v| v["secret"]["secretName"].as_str()),
+            )
             .map(str::to_string)
             .collect();
         assert_eq!(secrets.len(), 1, "{name}: one Secret: {secrets:?}");
@@ -689,6 +720,26 @@ fn cronjobs() -> Vec<(String, Yaml)> {
     .iter()
     .map(|f| (f.to_string(), yaml(f)))
     .collect()
+}
+
+/// The Secret volume and item key behind `path`, a file in one of `c`'s read-only
+/// mounts of `pod`'s volumes.
+fn mounted_secret_item(pod: &Yaml, c: &Yaml, path: &str) -> Option<(Yaml, String)> {
+    let mount = at(c, "volumeMounts")
+        .as_sequence()?
+        .iter()
+        .find(|m| path.starts_with(&format!("{}/", s(m, "mountPath"))))?;
+    assert!(b(mount, "readOnly"), "{path}: mounted read-only");
+    let rel = &path[s(mount, "mountPath").len() + 1..];
+    let vol = at(pod, "volumes")
+        .as_sequence()?
+        .iter()
+        .find(|v| s(v, "name") == s(mount, "name"))?;
+    let item = at(vol, "secret.items")
+        .as_sequence()?
+        .iter()
+        .find(|it| s(it, "path") == rel)?;
+    Some((vol.clone(), s(item, "key").to_string()))
 }
 
 fn container_env(cj: &Yaml) -> BTreeMap<String, Yaml> {
@@ -756,6 +807,8 @@ fn cronjob_pods_are_locked_down_and_bounded() {
     }
     let sa = yaml("k8s/base/serviceaccount.yaml");
     assert!(!b(&sa, "automountServiceAccountToken"));
+    let reads = variables_the_binary_reads();
+    let reads: BTreeSet<String> = reads.iter().cloned().chain(file_variables()).collect();
 
     for (file, cj) in cronjobs() {
         assert_eq!(s(&cj, "spec.concurrencyPolicy"), "Forbid", "{file}");
@@ -807,56 +860,60 @@ fn cronjob_pods_are_locked_down_and_bounded() {
         assert_eq!(s(c, "envFrom.0.configMapRef.name"), "leaflock-backup");
 
         let env = container_env(&cj);
-        for (var, key) in [
-            ("POSTGRESQL_PASSWORD", "database-password"),
-            ("LEAFLOCK_BACKUP_S3_BUCKET", "s3-bucket"),
-            ("LEAFLOCK_BACKUP_S3_ACCESS_KEY", "s3-access-key"),
-            ("LEAFLOCK_BACKUP_S3_SECRET_KEY", "s3-secret-key"),
-        ] {
-            let e = env.get(var).unwrap_or_else(|| panic!("{file}: {var}"));
-            assert_eq!(s(e, "valueFrom.secretKeyRef.name"), secret_name);
-            assert_eq!(s(e, "valueFrom.secretKeyRef.key"), key, "{file}: {var}");
-        }
-        for e in env.values() {
+        // The bucket's name is the one value taken from the Secret as a variable (and
+        // the optional old encryption key: a volume cannot mount a key only if present).
+        let e = env
+            .get("LEAFLOCK_BACKUP_S3_BUCKET")
+            .unwrap_or_else(|| panic!("{file}: LEAFLOCK_BACKUP_S3_BUCKET"));
+        assert_eq!(s(e, "valueFrom.secretKeyRef.name"), secret_name);
+        assert_eq!(s(e, "valueFrom.secretKeyRef.key"), "s3-bucket", "{file}");
+        for (name, e) in &env {
             if let Some(k) = at(e, "valueFrom.secretKeyRef.key").as_str() {
                 assert!(secret_keys.contains(k), "{file}: key {k} not in the Secret");
+                assert!(
+                    ["s3-bucket", "encryption-key"].contains(&k),
+                    "{file}: {name} takes the secret {k} as a variable; mount it as a file"
+                );
             }
         }
-        // The signing key: a file mounted read-only from the Secret, never a variable.
-        let key_file = s(
-            env.get("LEAFLOCK_BACKUP_SIGNING_KEY_FILE")
-                .unwrap_or_else(|| panic!("{file}: LEAFLOCK_BACKUP_SIGNING_KEY_FILE")),
-            "value",
-        )
-        .to_string();
-        let mount = at(c, "volumeMounts")
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|m| key_file.starts_with(&format!("{}/", s(m, "mountPath"))))
-            .unwrap_or_else(|| panic!("{file}: {key_file} is mounted"));
-        assert!(b(mount, "readOnly"), "{file}: key mounted read-only");
-        let vol = at(pod, "volumes")
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|v| s(v, "name") == s(mount, "name"))
-            .expect("the signing key's volume");
-        assert_eq!(s(vol, "secret.secretName"), secret_name, "{file}");
-        assert_eq!(s(vol, "secret.items.0.key"), "signing-key", "{file}");
-        assert!(
-            secret_keys.contains("signing-key"),
-            "signing-key in the Secret"
-        );
-        assert_eq!(
-            format!(
-                "{}/{}",
-                s(mount, "mountPath"),
-                s(vol, "secret.items.0.path")
-            ),
-            key_file,
-            "{file}"
-        );
+        // Every other secret: a file mounted read-only from the Secret, named by the
+        // variable's NAME_FILE form, never a variable itself.
+        let mut secrets = vec![
+            ("LEAFLOCK_BACKUP_SIGNING_KEY", "signing-key"),
+            ("POSTGRESQL_PASSWORD", "database-password"),
+            ("LEAFLOCK_BACKUP_S3_ACCESS_KEY", "s3-access-key"),
+            ("LEAFLOCK_BACKUP_S3_SECRET_KEY", "s3-secret-key"),
+        ];
+        if file.contains("restore-drill") {
+            secrets.push(("LEAFLOCK_BACKUP_DRILL_DATABASE_URL", "drill-database-url"));
+        }
+        for (var, key) in secrets {
+            assert!(!env.contains_key(var), "{file}: {var} as a variable");
+            let file_var = format!("{var}_FILE");
+            let path = s(
+                env.get(&file_var)
+                    .unwrap_or_else(|| panic!("{file}: {file_var}")),
+                "value",
+            )
+            .to_string();
+            let (vol, item) = mounted_secret_item(pod, c, &path)
+                .unwrap_or_else(|| panic!("{file}: {path} is not a mounted Secret item"));
+            assert_eq!(s(&vol, "secret.secretName"), secret_name, "{file}");
+            assert_eq!(item, key, "{file}: {file_var}");
+            assert!(secret_keys.contains(key), "{key} in the Secret");
+            // 0440 in YAML 1.1, as Kubernetes reads it: octal.
+            let mode = match at(&vol, "secret.defaultMode") {
+                Yaml::String(m) => i64::from_str_radix(m, 8).unwrap(),
+                m => m.as_i64().unwrap(),
+            };
+            assert_eq!(mode & 0o007, 0, "{file}: secret files unreadable by others");
+        }
+        for name in env.keys() {
+            assert!(
+                reads.contains(name.as_str()),
+                "{file}: {name} is not read by the binary"
+            );
+        }
         let args: Vec<&str> = at(c, "args")
             .as_sequence()
             .unwrap()
@@ -865,14 +922,13 @@ fn cronjob_pods_are_locked_down_and_bounded() {
             .collect();
         if file.contains("restore-drill") {
             assert_eq!(args, ["run", "--restore-drill"]);
-            assert!(env.contains_key("LEAFLOCK_BACKUP_DRILL_DATABASE_URL"));
+            assert!(env.contains_key("LEAFLOCK_BACKUP_DRILL_DATABASE_URL_FILE"));
         } else {
             assert_eq!(args, ["run"]);
         }
     }
 
     // The variables the ConfigMap sets are ones the binary reads.
-    let reads = variables_the_binary_reads();
     let cm = yaml("k8s/base/configmap.yaml");
 
     // The memory limit holds what the ConfigMap's settings need (measured: about

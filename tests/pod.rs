@@ -51,6 +51,8 @@ fn quantity(q: &str) -> u64 {
 struct Pod {
     args: Vec<String>,
     env: BTreeMap<String, String>,
+    /// Files of the Secret volumes: (absolute path, content, mode); group `gid` (fsGroup).
+    files: Vec<(String, String, u32)>,
     memory_limit: u64,
     tmp_size: u64,
     uid: i64,
@@ -87,12 +89,31 @@ fn pod_of(cj: &Yaml, docs: &[Yaml], secret: &BTreeMap<String, String>) -> Pod {
             env.insert(name, v.clone());
         }
     }
-    let vol = spec["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "tmp")
-        .unwrap();
+    let volumes = spec["volumes"].as_sequence().unwrap();
+    let mut files = Vec::new();
+    for m in c["volumeMounts"].as_sequence().unwrap() {
+        let vol = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
+        let Some(items) = vol["secret"]["items"].as_sequence() else {
+            continue;
+        };
+        let mode = vol["secret"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        for item in items {
+            let key = item["key"].as_str().unwrap();
+            let v = secret
+                .get(key)
+                .unwrap_or_else(|| panic!("Secret key {key} is not in secret.example.yaml"));
+            files.push((
+                format!(
+                    "{}/{}",
+                    m["mountPath"].as_str().unwrap(),
+                    item["path"].as_str().unwrap()
+                ),
+                v.clone(),
+                mode,
+            ));
+        }
+    }
+    let vol = volumes.iter().find(|v| v["name"] == "tmp").unwrap();
     assert_eq!(c["volumeMounts"][0]["mountPath"], "/tmp");
     Pod {
         args: c["args"]
@@ -102,6 +123,7 @@ fn pod_of(cj: &Yaml, docs: &[Yaml], secret: &BTreeMap<String, String>) -> Pod {
             .map(|a| a.as_str().unwrap().to_string())
             .collect(),
         env,
+        files,
         memory_limit: quantity(c["resources"]["limits"]["memory"].as_str().unwrap()),
         tmp_size: quantity(vol["emptyDir"]["sizeLimit"].as_str().unwrap()),
         uid: c["securityContext"]["runAsUser"].as_i64().unwrap(),
@@ -141,6 +163,16 @@ fn run_pod(root: &RootCopy, pod: &Pod, memory_limit: u64) -> Outcome {
     let cg = std::path::PathBuf::from("/sys/fs/cgroup/memory").join(unique("leaflock-pod"));
     std::fs::create_dir(&cg).expect("a memory cgroup (cgroup v1 memory controller)");
     std::fs::write(cg.join("memory.limit_in_bytes"), memory_limit.to_string()).unwrap();
+    // The Secret volumes' files, owned by root and the pod's group, as the kubelet
+    // writes them.
+    for (path, content, mode) in &pod.files {
+        use std::os::unix::fs::PermissionsExt;
+        let p = root.at(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        std::os::unix::fs::chown(&p, Some(0), Some(pod.gid as u32)).unwrap();
+    }
     let r = root.path.display();
     // In a private mount namespace: the root read-only, /tmp a tmpfs of the emptyDir's
     // size, /proc and /dev; then chroot as UID:GID with no new privileges.
@@ -245,6 +277,18 @@ fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
             "s3-secret-key" => tb.var("LEAFLOCK_TEST_S3_SECRET_KEY"),
             "database-password" => tb.pg_password(),
             "drill-database-url" => format!("{}?sslmode=disable", Pg::V18.admin_url()),
+            "signing-key" => {
+                let dir = tempfile::tempdir().unwrap();
+                let key = dir.path().join("signing.key");
+                let status = Command::new(bin())
+                    .arg("keygen")
+                    .arg("--out")
+                    .arg(&key)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "keygen");
+                std::fs::read_to_string(&key).unwrap()
+            }
             _ => "CHANGE-ME".to_string(),
         };
         secret.insert(k, v);

@@ -138,6 +138,7 @@ fn shipped_units_and_package_under_a_real_systemd() {
         "/usr/share/zsh/vendor-completions/_leaflock-backup",
         "/usr/share/fish/vendor_completions.d/leaflock-backup.fish",
         "/usr/share/doc/leaflock-backup/examples/leaflock-backup-onfailure.conf.example",
+        "/usr/share/doc/leaflock-backup/examples/leaflock-backup-credentials.conf.example",
     ] {
         m.ok(&format!("test -s {f}"));
     }
@@ -166,11 +167,19 @@ fn shipped_units_and_package_under_a_real_systemd() {
     }
 
     // ---- The one file an operator edits: the test servers' addresses, appended.
+    // The password and the S3 keys are not in it: they are credentials, by the
+    // shipped drop-in example (below).
     let tb = testbed();
+    let mut url = url::Url::parse(&db_url).unwrap();
+    let password = url
+        .password()
+        .expect("the test database URL has a password")
+        .to_string();
+    url.set_password(None).unwrap();
     let settings = [
         (
             "LEAFLOCK_BACKUP_DATABASE_URL",
-            format!("{db_url}?sslmode=disable"),
+            format!("{url}?sslmode=disable"),
         ),
         (
             "LEAFLOCK_BACKUP_S3_BUCKET",
@@ -180,14 +189,6 @@ fn shipped_units_and_package_under_a_real_systemd() {
         (
             "LEAFLOCK_BACKUP_S3_REGION",
             tb.var("LEAFLOCK_TEST_S3_REGION"),
-        ),
-        (
-            "LEAFLOCK_BACKUP_S3_ACCESS_KEY",
-            tb.var("LEAFLOCK_TEST_S3_ACCESS_KEY"),
-        ),
-        (
-            "LEAFLOCK_BACKUP_S3_SECRET_KEY",
-            tb.var("LEAFLOCK_TEST_S3_SECRET_KEY"),
         ),
         ("LEAFLOCK_BACKUP_PUSHGATEWAY_URL", tb.pushgateway()),
         ("LEAFLOCK_BACKUP_METRICS_DATABASE", group.clone()),
@@ -213,6 +214,35 @@ fn shipped_units_and_package_under_a_real_systemd() {
     // The install step the unit's comment and the README give: the signing key, which
     // the unit loads as a credential.
     m.ok("leaflock-backup keygen --out /etc/leaflock-backup/signing.key");
+    // The other secrets as credentials, by the steps of the shipped drop-in example.
+    for (name, value) in [
+        ("database-password", password.clone()),
+        ("s3-access-key", tb.var("LEAFLOCK_TEST_S3_ACCESS_KEY")),
+        ("s3-secret-key", tb.var("LEAFLOCK_TEST_S3_SECRET_KEY")),
+    ] {
+        m.root.write(
+            &format!("etc/leaflock-backup/{name}"),
+            &format!("{value}\n"),
+        );
+        m.ok(&format!("chmod 600 /etc/leaflock-backup/{name}"));
+    }
+    let credentials = m
+        .ok("cat /usr/share/doc/leaflock-backup/examples/leaflock-backup-credentials.conf.example");
+    for unit in ["leaflock-backup.service", "leaflock-backup-drill.service"] {
+        m.root.write(
+            &format!("etc/systemd/system/{unit}.d/credentials.conf"),
+            &credentials,
+        );
+    }
+    let database_line = env_text
+        .lines()
+        .find(|l| l.starts_with("LEAFLOCK_BACKUP_DATABASE_URL="))
+        .unwrap();
+    assert!(
+        !env_text.contains(&tb.var("LEAFLOCK_TEST_S3_SECRET_KEY"))
+            && !database_line.contains(&password),
+        "the S3 key and the database password are not in the environment file"
+    );
 
     // ---- A run started by the timer, moved to a moment ahead.
     let when = moment_ahead(&m, 8);
