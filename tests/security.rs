@@ -40,6 +40,51 @@ fn pushgateway_over_http_works_without_a_system_ca_store() {
     drop_db(Pg::V15, &name);
 }
 
+/// The same host, with S3 over plain `http://`: the S3 client starts without a CA store
+/// (the SDK's own client asserted in debug builds: "TrustStore configured to enable
+/// native roots but no valid root certificates parsed!") and the backup is stored,
+/// listed and verified.
+#[test]
+fn s3_over_http_works_without_a_system_ca_store() {
+    let name = unique("noca_s3");
+    let url = leaflock_db(Pg::V15, &name, 1);
+    let prefix = format!("{}/", unique("noca"));
+    let empty = tempfile::tempdir().unwrap();
+    let no_ca = |cmd: &mut std::process::Command| {
+        cmd.env("SSL_CERT_FILE", empty.path().join("none.pem"))
+            .env("SSL_CERT_DIR", empty.path())
+            .env("LEAFLOCK_BACKUP_LOG_LEVEL", "debug");
+    };
+    let mut cmd = s3_cmd("run", &prefix);
+    cmd.args(["--database-url", &url]);
+    no_ca(&mut cmd);
+    let r = run(cmd);
+    r.expect_code(0);
+    assert!(
+        r.lines
+            .iter()
+            .any(|l| l["msg"] == "S3 client trust store" && l["roots"] == "bundled"),
+        "the S3 client fell back to the bundled roots: {}",
+        r.stderr
+    );
+    for sub in ["list", "verify"] {
+        let mut cmd = s3_cmd(sub, &prefix);
+        cmd.env("LEAFLOCK_BACKUP_DATABASE", &name);
+        if sub == "verify" {
+            cmd.arg("latest");
+        }
+        no_ca(&mut cmd);
+        let r = run(cmd);
+        r.expect_code(0);
+        assert!(
+            !r.stderr.contains("panicked") && !r.stderr.contains("root CA"),
+            "{sub}: {}",
+            r.stderr
+        );
+    }
+    drop_db(Pg::V15, &name);
+}
+
 /// An old-script archive of `sql`, made as the old script made them: gzip, then
 /// `openssl enc -aes-256-cbc -salt -pass pass:…`.
 fn old_archive(sql: &str, password: &str) -> Vec<u8> {

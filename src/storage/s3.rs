@@ -82,7 +82,7 @@ impl Protect {
 }
 
 /// Build an S3 client from the configuration (explicit keys or the AWS chain).
-pub async fn client(cfg: &S3Config) -> Client {
+pub async fn client(cfg: &S3Config) -> anyhow::Result<Client> {
     let retry = aws_config::retry::RetryConfig::standard()
         .with_max_attempts(cfg.max_attempts)
         .with_initial_backoff(Duration::from_millis(200))
@@ -92,6 +92,7 @@ pub async fn client(cfg: &S3Config) -> Client {
         .operation_attempt_timeout(Duration::from_secs(300))
         .build();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(crate::httptls::aws_http_client()?)
         .region(aws_config::Region::new(cfg.region.clone()))
         .retry_config(retry)
         .timeout_config(timeouts);
@@ -111,7 +112,7 @@ pub async fn client(cfg: &S3Config) -> Client {
     if let Some(ep) = &cfg.endpoint {
         b = b.endpoint_url(ep);
     }
-    Client::from_conf(b.build())
+    Ok(Client::from_conf(b.build()))
 }
 
 /// Keeps the `Date` header of a response: the S3 server's clock, a second opinion on
@@ -195,7 +196,7 @@ impl S3Storage {
             cfg.endpoint.as_deref().unwrap_or("AWS")
         );
         Ok(S3Storage {
-            client: client(cfg).await,
+            client: client(cfg).await?,
             bucket: cfg.bucket.clone(),
             where_,
             storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
