@@ -670,7 +670,6 @@ pub struct DestinationArgs {
         long,
         env = "LEAFLOCK_BACKUP_SSE_C_KEY",
         hide_env_values = true,
-        hide_env_values = true,
         value_name = "BASE64"
     )]
     pub sse_c_key: Option<String>,

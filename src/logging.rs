@@ -105,6 +105,33 @@ pub fn filter(spec: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(parts.join(",")).map_err(|e| e.to_string())
 }
 
+static REDACTIONS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The secret values to mask (`***`) in every line written, whatever crate wrote it:
+/// the last guard behind each message's own redaction, for a line (a dependency's
+/// trace, an echoed error) that carries a secret anyway. Set once, before logging.
+pub fn redact(values: Vec<String>) {
+    let _ = REDACTIONS.set(values);
+}
+
+/// `line` with every registered secret masked.
+fn masked(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let secrets = match REDACTIONS.get() {
+        Some(s) if !s.is_empty() => s,
+        _ => return line.into(),
+    };
+    let mut text = String::from_utf8_lossy(line);
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "***").into();
+        }
+    }
+    match text {
+        std::borrow::Cow::Borrowed(_) => line.into(),
+        std::borrow::Cow::Owned(t) => t.into_bytes().into(),
+    }
+}
+
 /// Register (or clear) the progress bar that log lines must not tear.
 pub fn set_progress_bar(bar: Option<indicatif::ProgressBar>) {
     *PROGRESS_BAR.lock().unwrap() = bar;
@@ -140,10 +167,11 @@ impl Drop for LineWriter {
             let _ = err.write_all(buf);
             let _ = err.flush();
         };
+        let line = masked(&self.0);
         let bar = PROGRESS_BAR.lock().unwrap().clone();
         match bar {
-            Some(bar) => bar.suspend(|| emit(&self.0)),
-            None => emit(&self.0),
+            Some(bar) => bar.suspend(|| emit(&line)),
+            None => emit(&line),
         }
     }
 }
@@ -228,5 +256,23 @@ impl Visit for JsonVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0
             .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registered_secrets_are_masked_in_any_line() {
+        super::redact(vec!["s3cr3t-longer".into(), "s3cr3t".into()]);
+        let line =
+            br#"{"msg":"request","headers":"[(\"x-key\", \"s3cr3t-longer\")]","pw":"s3cr3t"}"#;
+        let out = String::from_utf8(super::masked(line).into_owned()).unwrap();
+        assert!(!out.contains("s3cr3t"), "{out}");
+        assert_eq!(out.matches("***").count(), 2, "{out}");
+        let plain = b"nothing secret here";
+        assert!(matches!(
+            super::masked(plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -42,6 +42,7 @@ use std::time::Duration;
 fn main() {
     let clock = std::time::Instant::now();
     secrets::load_files();
+    logging::redact(secrets::values());
     let cli = cli::Cli::parse();
     let term = logging::init(&cli.log);
     // Every command's lines share a request id (the first warning included); `run` and

@@ -72,25 +72,76 @@ pub fn load_files() {
     }
 }
 
-/// The secret flags on this process's command line.
-pub fn flags_on_argv(argv: &[String]) -> Vec<&'static str> {
+/// The secret and URL flags on `argv`, with their values (`--flag value` or
+/// `--flag=value`).
+fn flag_values(argv: &[String]) -> Vec<(&'static str, Option<&str>)> {
     let mut out = Vec::new();
     for (i, a) in argv.iter().enumerate() {
         let (flag, value) = match a.split_once('=') {
             Some((f, v)) => (f, Some(v)),
             None => (a.as_str(), argv.get(i + 1).map(String::as_str)),
         };
-        if let Some(f) = SECRET_FLAGS.iter().find(|f| **f == flag) {
-            out.push(*f);
-        } else if let Some(f) = URL_FLAGS.iter().find(|f| **f == flag) {
-            let has_password = value
-                .and_then(|v| url::Url::parse(v).ok())
-                .is_some_and(|u| u.password().is_some());
-            if has_password {
-                out.push(*f);
-            }
+        if let Some(f) = SECRET_FLAGS.iter().chain(URL_FLAGS).find(|f| **f == flag) {
+            out.push((*f, value));
         }
     }
+    out
+}
+
+/// The secret flags on this process's command line (URL flags only when the URL holds
+/// a password).
+pub fn flags_on_argv(argv: &[String]) -> Vec<&'static str> {
+    flag_values(argv)
+        .into_iter()
+        .filter(|(f, value)| {
+            SECRET_FLAGS.contains(f)
+                || value
+                    .and_then(|v| url::Url::parse(v).ok())
+                    .is_some_and(|u| u.password().is_some())
+        })
+        .map(|(f, _)| f)
+        .collect()
+}
+
+/// What of one secret value must never be printed: a URL's password (as written and
+/// decoded), nothing of a URL without one, any other value whole. Values shorter than
+/// four characters are left out: masking them would mangle ordinary words.
+fn secret_parts(value: &str) -> Vec<String> {
+    let parts = match url::Url::parse(value) {
+        Ok(u) if u.has_host() => match u.password() {
+            Some(p) => {
+                let decoded = percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                vec![p.to_string(), decoded]
+            }
+            None => Vec::new(),
+        },
+        _ => vec![value.to_string()],
+    };
+    parts
+        .into_iter()
+        .filter(|p| p.chars().count() >= 4)
+        .collect()
+}
+
+/// Every secret value this process was given (variables, their files, flags): the log
+/// writer masks each wherever it would be printed, whichever crate's line carries it.
+pub fn values() -> Vec<String> {
+    let argv: Vec<String> = std::env::args().collect();
+    let mut out: Vec<String> = SECRET_VARIABLES
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .chain(
+            flag_values(&argv)
+                .into_iter()
+                .filter_map(|(_, v)| v.map(str::to_string)),
+        )
+        .flat_map(|v| secret_parts(&v))
+        .collect();
+    // Longest first, so a secret that contains another is masked whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
     out
 }
 
@@ -108,7 +159,22 @@ pub fn warn_about_argv() {
 
 #[cfg(test)]
 mod tests {
-    use super::flags_on_argv;
+    use super::{flags_on_argv, secret_parts};
+
+    #[test]
+    fn secret_parts_of_urls_and_values() {
+        assert_eq!(
+            secret_parts("postgresql://u:p%40ss-word@h/db"),
+            vec!["p%40ss-word".to_string(), "p@ss-word".to_string()]
+        );
+        assert!(secret_parts("http://pgw:9091").is_empty());
+        assert!(secret_parts("postgresql://u@h/db").is_empty());
+        assert_eq!(
+            secret_parts("c2VjcmV0a2V5"),
+            vec!["c2VjcmV0a2V5".to_string()]
+        );
+        assert!(secret_parts("abc").is_empty(), "too short to mask");
+    }
 
     #[test]
     fn finds_secret_flags_in_both_forms() {

@@ -601,6 +601,42 @@ fn no_secret_in_help_logs_errors_or_trace_output() {
         "pushed with the password"
     );
     printed += &r.stderr;
+    // SSE-C at trace level: the key travels in a header of every request (base64, as
+    // given), which the SDK's signing and HTTP crates would print.
+    let sse_c = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b"MARKERsseCkey-MARKERsseCkey-0123")
+    };
+    let mut encrypted = s3_run(&url, &format!("{prefix}-ssec"), &name);
+    encrypted
+        .args(["--log-level", "trace"])
+        .env("LEAFLOCK_BACKUP_SSE_C_KEY", &sse_c);
+    let r = run(encrypted);
+    r.expect_code(0);
+    assert!(
+        r.stderr.lines().count() > 20,
+        "a trace run prints its trace:\n{}",
+        r.stderr
+    );
+    printed += &r.stderr;
+    // The SDK's crates named at trace (so not kept quiet): their lines do carry the
+    // key's header, and the log writer masks it.
+    let mut named = s3_run(&url, &format!("{prefix}-ssec"), &name);
+    named
+        .args([
+            "--log-level",
+            "info,aws_smithy_runtime=trace,aws_smithy_runtime_api=trace,aws_sigv4=trace",
+        ])
+        .env("LEAFLOCK_BACKUP_SSE_C_KEY", &sse_c);
+    let r = run(named);
+    r.expect_code(0);
+    assert!(
+        r.stderr
+            .contains("x-amz-server-side-encryption-customer-key\\\", \\\"***"),
+        "the SDK's request line, its SSE-C key masked:\n{}",
+        r.stderr
+    );
+    printed += &r.stderr;
     let dead = format!("http://pgwuser:{pw}@127.0.0.1:{}", closed_port());
     let mut down = s3_run(&url, &prefix, &name);
     down.env("LEAFLOCK_BACKUP_PUSHGATEWAY_URL", &dead)
@@ -619,6 +655,7 @@ fn no_secret_in_help_logs_errors_or_trace_output() {
     printed += &r.stderr;
     for marker in [
         "MARKER",
+        sse_c.as_str(),
         testbed().var("LEAFLOCK_TEST_S3_SECRET_KEY").as_str(),
     ] {
         if let Some(at) = printed.find(marker) {
