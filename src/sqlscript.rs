@@ -629,6 +629,30 @@ fn scan(toks: &[Token], depth: u32) -> Option<String> {
                         return Some(r);
                     }
                 }
+                // Inside a function body, EXECUTE runs SQL text made at run time: only a
+                // single literal can be checked (and is, as code); anything built
+                // (`'CO' || 'PY …'`, format(), a variable) cannot be, so it is refused.
+                if w == "EXECUTE" && depth > 0 {
+                    match (toks.get(i + 1), toks.get(i + 2)) {
+                        (Some(Token::Str(s) | Token::Dollar(s)), next)
+                            if matches!(next, None | Some(Token::Punct(';')))
+                                || matches!(next, Some(Token::Word(x)) if x == "USING" || x == "INTO") =>
+                        {
+                            if depth < 4 {
+                                if let Some(r) = scan(&tokens(s), depth + 1) {
+                                    return Some(r);
+                                }
+                            }
+                        }
+                        _ => {
+                            return Some(
+                                "a function body EXECUTEs SQL built at run time, which cannot be \
+                                 checked before it runs"
+                                    .into(),
+                            )
+                        }
+                    }
+                }
                 if w == "SYSTEM" && word(i.checked_sub(1).and_then(|p| toks.get(p))) == "ALTER" {
                     return Some("ALTER SYSTEM changes the server's configuration".into());
                 }
@@ -650,7 +674,14 @@ fn scan(toks: &[Token], depth: u32) -> Option<String> {
                         ));
                     }
                 }
-                if depth < 4 && matches!(t, Token::Str(_)) && up.contains("PROGRAM") {
+                // A string may be a function body (`AS '…'`) or dynamic SQL: read as code
+                // when it holds what code here could do.
+                if depth < 4
+                    && matches!(t, Token::Str(_))
+                    && ["PROGRAM", "EXECUTE", "COPY"]
+                        .iter()
+                        .any(|w| up.contains(w))
+                {
                     if let Some(r) = scan(&tokens_of_str(s), depth + 1) {
                         return Some(r);
                     }
@@ -1117,6 +1148,11 @@ mod tests {
             "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $q$ BEGIN EXECUTE 'COPY t TO PROGRAM ''id'''; END $q$;",
             "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS 'BEGIN PERFORM pg_read_file(''/x''); END';",
             "CREATE FUNCTION f() RETURNS int LANGUAGE c AS '/tmp/evil.so', 'f';",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'CO' || 'PY t TO PRO' || 'GRAM ''id'''; END $$;",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('COPY t TO %s', 'PRO' || 'GRAM ''id'''); END $$;",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ DECLARE q text := 'x'; BEGIN EXECUTE q; END $$;",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'COPY t TO ''/tmp/x'''; END $$;",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS 'BEGIN EXECUTE ''CO'' || ''PY t TO PRO'' || ''GRAM ''''id''''''; END';",
             "CREATE FUNCTION f() RETURNS int LANGUAGE plpython3u AS $$ import os $$;",
             "CREATE EXTENSION adminpack;",
             "CREATE EXTENSION IF NOT EXISTS dblink;",

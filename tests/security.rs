@@ -208,6 +208,14 @@ fn hostile_old_archives_are_refused_and_change_nothing() {
                  EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {m}''';\n  RETURN true;\nEND\n$$;\n"
             ),
         ),
+        (
+            "program in dynamic SQL built by concatenation, run by a CHECK during COPY",
+            format!(
+                "CREATE FUNCTION public.f() RETURNS boolean LANGUAGE plpgsql AS $$\nBEGIN\n  \
+                 EXECUTE 'COPY (SELECT 1) TO PRO' || 'GRAM ''touch {m}''';\n  RETURN true;\nEND\n$$;\n\
+                 CREATE TABLE public.c (x integer CHECK (public.f()));\nCOPY public.c (x) FROM stdin;\n1\n\\.\n"
+            ),
+        ),
         ("output to a file", format!("\\o {m}\nSELECT 1;\n")),
         ("client-side copy", format!("\\copy public.t to '{m}'\n")),
         ("include a file", "\\i /etc/hostname\n".to_string()),
