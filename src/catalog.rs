@@ -14,10 +14,10 @@
 //! Entries whose scope is unknown (the old script's archives, debris of the earlier
 //! layout) are shown with every scope and belong to none.
 
-use crate::drill::DrillRecord;
 use crate::error::usage;
-use crate::gate::SuspectRecord;
 use crate::manifest::{self, Manifest};
+use crate::record::DrillRecord;
+use crate::record::SuspectRecord;
 use crate::scope::{self, KeyScope, Scope};
 use crate::signing::{self, DocKind, Seal, Trust, TrustPolicy};
 use crate::storage::{ObjectInfo, Storage};
@@ -324,10 +324,10 @@ fn check_place(prefix: &str, manifest_key: &str, m: Manifest) -> Result<Manifest
         ));
     }
     if let KeyScope::Scoped(s) = scope::of_key(prefix, manifest_key) {
-        if !s.owns(&m) {
+        if !m.is_of(&s) {
             return Err(format!(
                 "it lies under the keys of database {s} but says it is a backup of {}",
-                Scope::of_manifest(&m)
+                m.scope()
             ));
         }
     }

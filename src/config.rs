@@ -10,15 +10,19 @@ use crate::cli::{
     AllowUnsignedArgs, DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, EncryptArgs, GateArgs,
     KeyArgs, MetricsArgs, RetentionArgs, RunArgs, ScheduleArgs, SigningArgs, TrustArgs,
 };
+use crate::compress::Compression;
 use crate::conninfo::{ConnInfo, SslMode};
 use crate::crypto::{parse_recipients, Encryption, Keys};
 use crate::drill::DrillOptions;
 use crate::error::usage;
 use crate::gate::Thresholds;
+use crate::metrics::MetricsConfig;
 use crate::retention::{Policy, GDPR_DAYS};
 use crate::schedule::Schedule;
 use crate::scope::Scope;
+use crate::secrets::redact_url;
 use crate::signing::{PublicKey, Signer25519, TrustPolicy};
+use crate::storage::{DestinationConfig, LocalConfig, LockMode, S3Config, Sse};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,142 +74,6 @@ pub struct DatabaseConfig {
     pub source: &'static str,
     pub pg_dump: Option<PathBuf>,
     pub connect_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub enum DestinationConfig {
-    S3(S3Config),
-    Local(LocalConfig),
-}
-
-impl DestinationConfig {
-    pub fn prefix(&self) -> &str {
-        match self {
-            DestinationConfig::S3(s) => &s.prefix,
-            DestinationConfig::Local(l) => &l.prefix,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    pub bucket: String,
-    /// Empty or ends with `/`.
-    pub prefix: String,
-    pub endpoint: Option<String>,
-    pub region: String,
-    /// Explicit keys; `None` means the AWS default credential chain.
-    pub credentials: Option<(String, String)>,
-    pub force_path_style: bool,
-    pub storage_class: Option<String>,
-    pub part_size: usize,
-    pub parts_in_flight: usize,
-    pub max_attempts: u32,
-    pub sse: Option<Sse>,
-    /// Object Lock: (mode, days).
-    pub object_lock: Option<(LockMode, u32)>,
-}
-
-/// Server-side encryption of stored objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sse {
-    /// SSE-S3 (`AES256`).
-    S3,
-    /// SSE-KMS, optionally with a key id.
-    Kms(Option<String>),
-    /// SSE-C: the key (base64) and its MD5 (base64), sent with every request.
-    Customer { key: String, key_md5: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockMode {
-    Governance,
-    Compliance,
-}
-
-#[derive(Debug, Clone)]
-pub struct LocalConfig {
-    pub dir: PathBuf,
-    /// Empty or ends with `/`.
-    pub prefix: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip { level: u32 },
-    Zstd { level: i32 },
-}
-
-impl Compression {
-    pub fn parse(s: &str) -> Result<Compression, String> {
-        let (algo, level) = match s.split_once(':') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        match algo.to_ascii_lowercase().as_str() {
-            "gzip" | "gz" => {
-                let level = match level {
-                    None => 6,
-                    Some(l) => match l.parse::<u32>() {
-                        Ok(n) if (1..=9).contains(&n) => n,
-                        _ => return Err(format!("gzip level must be 1..9, got {l:?}")),
-                    },
-                };
-                Ok(Compression::Gzip { level })
-            }
-            "zstd" | "zst" => {
-                let level = match level {
-                    None => 3,
-                    Some(l) => match l.parse::<i32>() {
-                        Ok(n) if (1..=19).contains(&n) => n,
-                        _ => return Err(format!("zstd level must be 1..19, got {l:?}")),
-                    },
-                };
-                Ok(Compression::Zstd { level })
-            }
-            other => Err(format!(
-                "unknown compression {other:?} (expected gzip[:1..9] or zstd[:1..19])"
-            )),
-        }
-    }
-
-    /// File-name extension of the stored object, after `.dump`.
-    pub fn extension(&self) -> &'static str {
-        match self {
-            Compression::Gzip { .. } => "gz",
-            Compression::Zstd { .. } => "zst",
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Compression::Gzip { .. } => "gzip",
-            Compression::Zstd { .. } => "zstd",
-        }
-    }
-
-    pub fn level(&self) -> i32 {
-        match self {
-            Compression::Gzip { level } => *level as i32,
-            Compression::Zstd { level } => *level,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct MetricsConfig {
-    pub url: String,
-    pub job: String,
-    /// `database` grouping label; `None` means the database name.
-    pub database_label: Option<String>,
-    pub timeout: Duration,
-}
-
-impl MetricsConfig {
-    /// The URL for messages: credentials masked.
-    pub fn shown(&self) -> String {
-        redact_url(&self.url).trim_end_matches('/').to_string()
-    }
 }
 
 fn first(env: EnvLookup, names: &[&str]) -> Option<(String, String)> {
@@ -317,19 +185,6 @@ fn plain_http_off_host(url: &str) -> bool {
         Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
         None => true,
-    }
-}
-
-/// A URL for a message: any `user:password@` masked.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("***");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(not a URL)".to_string(),
     }
 }
 

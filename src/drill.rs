@@ -16,38 +16,13 @@ use crate::database::{self, quote_ident};
 use crate::manifest::Manifest;
 use crate::pgtool;
 use crate::readback;
+use crate::record::DrillRecord;
 use crate::signals::Cancel;
 use crate::storage::Storage;
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrillRecord {
-    pub format_version: u32,
-    pub run_id: String,
-    pub object_key: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub duration_seconds: f64,
-    pub passed: bool,
-    /// What failed, one line each (empty when passed).
-    pub failures: Vec<String>,
-    /// The drill server (password redacted) and the scratch database's name.
-    pub server: String,
-    pub scratch_database: String,
-    pub scratch_database_kept: bool,
-    pub pg_restore_version: String,
-    pub tables_checked: usize,
-    pub rows_checked: i64,
-    pub checks_run: usize,
-    /// sha256 of the object drilled (from its manifest): binds the record to that
-    /// backup, so a signed record cannot vouch for another object at the same key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-}
 
 #[derive(Debug, Clone)]
 pub struct DrillOptions {

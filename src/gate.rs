@@ -14,10 +14,10 @@
 
 use crate::catalog::{Catalog, Entry};
 use crate::manifest::{self, Manifest};
+use crate::record::SuspectRecord;
 use crate::storage::Storage;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use std::collections::HashMap;
 
 /// Thresholds of the gate (`--suspect-*`); `None` turns a check off. A table that
@@ -40,28 +40,6 @@ impl Default for Thresholds {
             min_rows: 300,
             size_drop: Some(0.5),
         }
-    }
-}
-
-/// Stored beside a suspect backup (`….suspect.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SuspectRecord {
-    pub format_version: u32,
-    /// The suspect backup's object key.
-    pub object_key: String,
-    /// The backup it was compared with.
-    pub reference_key: String,
-    pub marked_at: DateTime<Utc>,
-    /// One line per finding, naming the table and the figures.
-    pub findings: Vec<String>,
-    /// Set by `prune --accept-suspect`: an operator says the change is intended.
-    #[serde(default)]
-    pub accepted_at: Option<DateTime<Utc>>,
-}
-
-impl SuspectRecord {
-    pub fn accepted(&self) -> bool {
-        self.accepted_at.is_some()
     }
 }
 

@@ -26,6 +26,7 @@ mod pgtool;
 mod pipeline;
 mod progress;
 mod readback;
+mod record;
 mod report;
 mod retention;
 mod schedule;

@@ -115,6 +115,18 @@ pub fn drill_key(object_key: &str) -> String {
 }
 
 impl Manifest {
+    /// The database (and instance) this manifest says it is a backup of.
+    pub fn scope(&self) -> Scope {
+        Scope::new(self.database.clone(), self.instance.clone())
+    }
+
+    /// Whether this manifest says it is a backup of `scope`.
+    pub fn is_of(&self, scope: &Scope) -> bool {
+        self.database == scope.database && self.instance == scope.instance
+    }
+}
+
+impl Manifest {
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
         v.push(b'\n');

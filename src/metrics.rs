@@ -10,7 +10,6 @@
 //! `job` + `database`, never a host or pod name. A Pushgateway problem is reported as
 //! a warning by the caller and never changes the outcome of a backup.
 
-use crate::config::MetricsConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -19,6 +18,25 @@ use prometheus::proto::{
 };
 use prometheus::Encoder;
 use serde_json::Value;
+use std::time::Duration;
+
+use crate::secrets::redact_url;
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub url: String,
+    pub job: String,
+    /// `database` grouping label; `None` means the database name.
+    pub database_label: Option<String>,
+    pub timeout: Duration,
+}
+
+impl MetricsConfig {
+    /// The URL for messages: credentials masked.
+    pub fn shown(&self) -> String {
+        redact_url(&self.url).trim_end_matches('/').to_string()
+    }
+}
 
 /// Upstream's buckets (1..600) plus 900, 1800, 3600, 7200, so that "p95 > 600" and
 /// "slower than an hour" can be computed.

@@ -16,7 +16,7 @@
 //! the destination, and how many bytes were LZ-coded, entropy-coded or stored.
 
 use crate::compress;
-use crate::config::Compression;
+use crate::compress::Compression;
 use crate::crypto::{EncryptStream, Encryption};
 use crate::progress::Counters;
 use crate::storage::ObjectWriter;

@@ -18,7 +18,6 @@
 //! carry no scope: their manifest's `database` (and `instance`) decides, and an entry
 //! with no manifest (debris, the old script's archives) belongs to no scope.
 
-use crate::manifest::Manifest;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,15 +95,6 @@ impl Scope {
             Some((i, d)) => Some(Scope::new(decode(d)?, Some(decode(i)?))),
             None => Some(Scope::new(decode(seg)?, None)),
         }
-    }
-
-    /// Whether a manifest says it is a backup of this scope.
-    pub fn owns(&self, m: &Manifest) -> bool {
-        m.database == self.database && m.instance == self.instance
-    }
-
-    pub fn of_manifest(m: &Manifest) -> Scope {
-        Scope::new(m.database.clone(), m.instance.clone())
     }
 }
 

@@ -5,6 +5,19 @@
 
 use crate::error::EXIT_USAGE;
 
+/// A URL for a message: any `user:password@` masked.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
 /// Every variable that carries a secret; each also has a `NAME_FILE` form.
 pub const SECRET_VARIABLES: &[&str] = &[
     "LEAFLOCK_BACKUP_DATABASE_URL",

@@ -13,9 +13,9 @@ pub mod verify;
 
 use crate::catalog::{self, Catalog};
 use crate::clock::Clock;
-use crate::config::DestinationConfig;
 use crate::scope::Scope;
 use crate::signing::TrustPolicy;
+use crate::storage::DestinationConfig;
 use crate::storage::{self, Storage};
 use std::time::Duration;
 

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::{self, RunConfig};
 use crate::database;
 use crate::debris;
-use crate::drill::{self, DrillRecord};
+use crate::drill;
 use crate::dump;
 use crate::error::LockHeld;
 use crate::gate;
@@ -28,6 +28,7 @@ use crate::metrics::{BackupOutcome, CatalogFigures, DrillOutcome, Pushgateway};
 use crate::pgtool;
 use crate::pipeline::{self, StreamStats};
 use crate::progress::{human_bytes, Counters, Reporter};
+use crate::record::DrillRecord;
 use crate::retention;
 use crate::signals::Cancel;
 use crate::storage::{self, ObjectWriter, Storage};
@@ -345,7 +346,7 @@ pub async fn record_drill(
 
 /// Push this run's outcome; a Pushgateway problem is a warning, never a failure.
 pub async fn push_metrics(
-    mcfg: &config::MetricsConfig,
+    mcfg: &crate::metrics::MetricsConfig,
     label: &str,
     backup: Option<&BackupOutcome>,
     drill: Option<&DrillOutcome>,

@@ -38,11 +38,72 @@ mod gzip;
 mod huffman;
 mod zstd;
 
-use crate::config::Compression;
 use anyhow::bail;
 use bytes::Bytes;
 use std::io::{self, Read};
 use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip { level: u32 },
+    Zstd { level: i32 },
+}
+
+impl Compression {
+    pub fn parse(s: &str) -> Result<Compression, String> {
+        let (algo, level) = match s.split_once(':') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        match algo.to_ascii_lowercase().as_str() {
+            "gzip" | "gz" => {
+                let level = match level {
+                    None => 6,
+                    Some(l) => match l.parse::<u32>() {
+                        Ok(n) if (1..=9).contains(&n) => n,
+                        _ => return Err(format!("gzip level must be 1..9, got {l:?}")),
+                    },
+                };
+                Ok(Compression::Gzip { level })
+            }
+            "zstd" | "zst" => {
+                let level = match level {
+                    None => 3,
+                    Some(l) => match l.parse::<i32>() {
+                        Ok(n) if (1..=19).contains(&n) => n,
+                        _ => return Err(format!("zstd level must be 1..19, got {l:?}")),
+                    },
+                };
+                Ok(Compression::Zstd { level })
+            }
+            other => Err(format!(
+                "unknown compression {other:?} (expected gzip[:1..9] or zstd[:1..19])"
+            )),
+        }
+    }
+
+    /// File-name extension of the stored object, after `.dump`.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => "gz",
+            Compression::Zstd { .. } => "zst",
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => "gzip",
+            Compression::Zstd { .. } => "zstd",
+        }
+    }
+
+    pub fn level(&self) -> i32 {
+        match self {
+            Compression::Gzip { level } => *level as i32,
+            Compression::Zstd { level } => *level,
+        }
+    }
+}
 
 /// What the compressor did, for the run's debug log.
 #[derive(Debug, Clone, Default)]

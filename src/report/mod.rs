@@ -10,8 +10,8 @@ pub mod html;
 
 use crate::catalog::{Catalog, Entry, Kind};
 use crate::clock::Clock;
-use crate::drill::DrillRecord;
 use crate::manifest::Manifest;
+use crate::record::DrillRecord;
 use crate::retention::{self, Policy, Refused};
 use chrono::{DateTime, Utc};
 use serde::Serialize;

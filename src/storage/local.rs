@@ -11,7 +11,6 @@
 //! followed.
 
 use super::{ObjectInfo, ObjectWriter, Storage, Unfinished};
-use crate::config::LocalConfig;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,6 +19,13 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncRead;
 use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub dir: PathBuf,
+    /// Empty or ends with `/`.
+    pub prefix: String,
+}
 
 pub struct LocalStorage {
     dir: PathBuf,

@@ -14,12 +14,29 @@
 pub mod local;
 pub mod s3;
 
-use crate::config::DestinationConfig;
+pub use local::LocalConfig;
+pub use s3::{LockMode, S3Config, Sse};
+
 use anyhow::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
+
+#[derive(Debug, Clone)]
+pub enum DestinationConfig {
+    S3(S3Config),
+    Local(LocalConfig),
+}
+
+impl DestinationConfig {
+    pub fn prefix(&self) -> &str {
+        match self {
+            DestinationConfig::S3(s) => &s.prefix,
+            DestinationConfig::Local(l) => &l.prefix,
+        }
+    }
+}
 
 /// An upload that was started and never completed nor aborted: an open S3 multipart
 /// upload, or a local temporary (`.partial-*`) file.

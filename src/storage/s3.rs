@@ -10,7 +10,6 @@
 //! with jitter) up to `max_attempts`.
 
 use super::{ObjectInfo, ObjectWriter, Storage, Unfinished};
-use crate::config::{LockMode, S3Config, Sse};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -25,6 +24,42 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::task::JoinSet;
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Empty or ends with `/`.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Explicit keys; `None` means the AWS default credential chain.
+    pub credentials: Option<(String, String)>,
+    pub force_path_style: bool,
+    pub storage_class: Option<String>,
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+    pub max_attempts: u32,
+    pub sse: Option<Sse>,
+    /// Object Lock: (mode, days).
+    pub object_lock: Option<(LockMode, u32)>,
+}
+
+/// Server-side encryption of stored objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS, optionally with a key id.
+    Kms(Option<String>),
+    /// SSE-C: the key (base64) and its MD5 (base64), sent with every request.
+    Customer { key: String, key_md5: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
 
 pub struct S3Storage {
     client: Client,

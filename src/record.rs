@@ -1,0 +1,55 @@
+//! The small documents stored beside a backup, other than its manifest: the drill
+//! record (`<key>.drill.json`, what a restore drill proved) and the suspect mark
+//! (`<key>.suspect.json`, what the regression gate found). Formats only: the drill
+//! (`drill.rs`) and the gate (`gate.rs`) write them, the catalog reads them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What one restore drill of one backup proved (signed like a manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    pub format_version: u32,
+    pub run_id: String,
+    pub object_key: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub passed: bool,
+    /// What failed, one line each (empty when passed).
+    pub failures: Vec<String>,
+    /// The drill server (password redacted) and the scratch database's name.
+    pub server: String,
+    pub scratch_database: String,
+    pub scratch_database_kept: bool,
+    pub pg_restore_version: String,
+    pub tables_checked: usize,
+    pub rows_checked: i64,
+    pub checks_run: usize,
+    /// sha256 of the object drilled (from its manifest): binds the record to that
+    /// backup, so a signed record cannot vouch for another object at the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Stored beside a suspect backup (`….suspect.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuspectRecord {
+    pub format_version: u32,
+    /// The suspect backup's object key.
+    pub object_key: String,
+    /// The backup it was compared with.
+    pub reference_key: String,
+    pub marked_at: DateTime<Utc>,
+    /// One line per finding, naming the table and the figures.
+    pub findings: Vec<String>,
+    /// Set by `prune --accept-suspect`: an operator says the change is intended.
+    #[serde(default)]
+    pub accepted_at: Option<DateTime<Utc>>,
+}
+
+impl SuspectRecord {
+    pub fn accepted(&self) -> bool {
+        self.accepted_at.is_some()
+    }
+}
