@@ -67,6 +67,24 @@ pub struct RunConfig {
     pub trust: TrustPolicy,
 }
 
+impl RunConfig {
+    /// What the backup stage needs of this run's settings.
+    pub fn backup_options(&self) -> crate::backup::Options<'_> {
+        crate::backup::Options {
+            conn: &self.database.conn,
+            connect_timeout: self.database.connect_timeout,
+            pg_dump: self.database.pg_dump.as_deref(),
+            destination: &self.destination,
+            compression: self.compression,
+            compress_threads: self.compress_threads,
+            encryption: self.encryption.as_ref(),
+            orphan_grace: self.orphan_grace,
+            scope: &self.scope,
+            signer: self.signer.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub conn: ConnInfo,

@@ -13,6 +13,7 @@
 use crate::conninfo::ConnInfo;
 use crate::crypto::Keys;
 use crate::database::{self, quote_ident};
+use crate::manifest;
 use crate::manifest::Manifest;
 use crate::pgtool;
 use crate::readback;
@@ -20,6 +21,7 @@ use crate::record::DrillRecord;
 use crate::signals::Cancel;
 use crate::storage::Storage;
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use chrono::Utc;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -294,4 +296,50 @@ async fn check(
         }
     }
     Ok(failures)
+}
+/// Write the drill record beside the manifest and log the outcome. A drill whose
+/// record cannot be written is not on record as verified (`list` and retention cannot
+/// see it), so it counts as failed: the run says so instead of claiming a verified
+/// backup that nothing shows.
+pub async fn record(
+    storage: &dyn Storage,
+    rec: &mut DrillRecord,
+    signer: Option<&crate::signing::Signer25519>,
+) {
+    let key = manifest::drill_key(&rec.object_key);
+    let mut json = serde_json::to_vec_pretty(&*rec).expect("drill record serialises");
+    if let Some(signer) = signer {
+        json = signer
+            .seal(&json, crate::signing::DocKind::DrillRecord)
+            .expect("a drill record is a JSON object");
+    }
+    if let Err(e) = storage.put_small(&key, Bytes::from(json), true).await {
+        let why = format!("could not write the drill record {key}: {e:#}");
+        tracing::error!(key, error = format!("{e:#}"), "{why}");
+        rec.passed = false;
+        rec.failures.push(why);
+    }
+    if rec.passed {
+        tracing::info!(
+            key = %rec.object_key,
+            drill_record = %key,
+            duration_seconds = (rec.duration_seconds * 1000.0).round() / 1000.0,
+            tables = rec.tables_checked,
+            rows = rec.rows_checked,
+            checks = rec.checks_run,
+            "restore drill passed: {} tables, {} rows, {} checks match the manifest",
+            rec.tables_checked,
+            rec.rows_checked,
+            rec.checks_run
+        );
+    } else {
+        tracing::error!(
+            key = %rec.object_key,
+            drill_record = %key,
+            duration_seconds = (rec.duration_seconds * 1000.0).round() / 1000.0,
+            failures = ?rec.failures,
+            "restore drill failed: {}",
+            rec.failures.join("; ")
+        );
+    }
 }

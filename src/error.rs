@@ -30,6 +30,42 @@ impl fmt::Display for LockHeld {
 
 impl std::error::Error for LockHeld {}
 
+/// The stage of a backup an error happened in, attached as anyhow context (shown as
+/// its name: `upload: connection reset`) and found by downcasting, never by comparing
+/// message text, so rewording a message cannot change how an error is classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Opening or checking the destination.
+    Destination,
+    /// Connecting, the server version, the snapshot, the lock.
+    Database,
+    /// pg_dump: starting it, its output, its exit status.
+    Dump,
+    /// Writing the object to the destination.
+    Upload,
+    /// Completing the object and writing its manifest.
+    Commit,
+}
+
+impl Stage {
+    /// The outermost stage `err` carries, if any.
+    pub fn of(err: &anyhow::Error) -> Option<Stage> {
+        err.downcast_ref::<Stage>().copied()
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Destination => "destination",
+            Stage::Database => "database",
+            Stage::Dump => "dump",
+            Stage::Upload => "upload",
+            Stage::Commit => "commit",
+        })
+    }
+}
+
 /// Shorthand for returning a usage error from a validation function.
 pub fn usage<T>(msg: impl Into<String>) -> anyhow::Result<T> {
     Err(UsageError(msg.into()).into())

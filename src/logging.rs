@@ -259,6 +259,20 @@ impl Visit for JsonVisitor<'_> {
     }
 }
 
+/// A new run id: the start time and six random hex digits (`20261203T020000Z-1a2b3c`).
+pub fn new_run_id(at: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}-{:06x}",
+        at.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// Seconds since `clock`, to the millisecond, as end-of-work lines log them.
+pub fn seconds(clock: std::time::Instant) -> f64 {
+    (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -2,6 +2,7 @@
 //! tokio runtime, turn its result into the exit status of the contract (see
 //! `error.rs`).
 
+mod backup;
 mod catalog;
 mod cli;
 mod clock;
@@ -28,6 +29,7 @@ mod progress;
 mod readback;
 mod record;
 mod report;
+mod restore;
 mod retention;
 mod schedule;
 mod scope;
@@ -48,7 +50,7 @@ fn main() {
     let term = logging::init(&cli.log);
     // Every command's lines share a request id (the first warning included); `run` and
     // `schedule` set one per run.
-    logging::set_run_id(&commands::run::new_run_id(chrono::Utc::now()));
+    logging::set_run_id(&logging::new_run_id(chrono::Utc::now()));
     secrets::warn_about_argv();
     pipeline::return_freed_buffers_to_the_os();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -96,7 +98,7 @@ fn main() {
             tracing::error!(
                 error = format!("{e:#}"),
                 exit_code = code,
-                duration_seconds = commands::run::seconds(clock),
+                duration_seconds = logging::seconds(clock),
                 "{what}: {e:#}"
             );
             code

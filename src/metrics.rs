@@ -18,7 +18,7 @@ use prometheus::proto::{
 };
 use prometheus::Encoder;
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::secrets::redact_url;
 
@@ -545,6 +545,40 @@ impl Pushgateway {
         }
         self.put(database, &state).await?;
         Ok(PushReport { cumulative, state })
+    }
+}
+
+/// Push this run's outcome; a Pushgateway problem is a warning, never a failure.
+pub async fn push(
+    mcfg: &crate::metrics::MetricsConfig,
+    label: &str,
+    backup: Option<&BackupOutcome>,
+    drill: Option<&DrillOutcome>,
+    untrusted: Option<usize>,
+) {
+    let clock = Instant::now();
+    let result = match Pushgateway::new(mcfg) {
+        Ok(pg) => pg.push(label, backup, drill, untrusted).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(report) => tracing::info!(
+            pushgateway = %mcfg.shown(),
+            duration_seconds = crate::logging::seconds(clock),
+            backup_status = backup.map(|b| if b.success { "success" } else { "failure" }),
+            drill_status = drill.map(|d| if d.success { "success" } else { "failure" }),
+            success_total = report.state.success_total,
+            failure_total = report.state.failure_total,
+            cumulative = report.cumulative,
+            "metrics pushed"
+        ),
+        Err(e) => tracing::warn!(
+            pushgateway = %mcfg.shown(),
+            error = format!("{e:#}"),
+            duration_seconds = crate::logging::seconds(clock),
+            "could not push metrics to the Pushgateway at {}; the outcome is unaffected",
+            mcfg.shown()
+        ),
     }
 }
 

@@ -31,7 +31,20 @@ use tokio::sync::mpsc;
 
 pub const CHUNK: usize = 1 << 20;
 const CHANNEL_DEPTH: usize = 4;
-const DESTINATION_GONE: &str = "the destination stopped accepting data";
+
+/// The writer's side of the channel closed: the destination failed (its own error says
+/// why), so the compressing thread stops without an error of its own. Recognised by
+/// type, through the compressor's `io::Error`.
+#[derive(Debug)]
+struct DestinationGone;
+
+impl std::fmt::Display for DestinationGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the destination stopped accepting data")
+    }
+}
+
+impl std::error::Error for DestinationGone {}
 /// What every pg_dump custom-format archive starts with.
 pub const CUSTOM_FORMAT_MAGIC: &[u8] = b"PGDMP";
 
@@ -50,8 +63,10 @@ pub fn return_freed_buffers_to_the_os() {
 }
 
 fn compression_error(e: std::io::Error) -> anyhow::Error {
-    if e.to_string() == DESTINATION_GONE {
-        anyhow!(DESTINATION_GONE)
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<DestinationGone>())
+    {
+        anyhow!(DestinationGone)
     } else {
         anyhow!(e).context("compression failed")
     }
@@ -90,7 +105,7 @@ impl Sink {
         self.hashing += t2 - t;
         let sent = self.out_tx.blocking_send(buf);
         self.waiting_out += t2.elapsed();
-        sent.map_err(|_| std::io::Error::other(DESTINATION_GONE))
+        sent.map_err(|_| std::io::Error::other(DestinationGone))
     }
 
     /// End the encryption (its last chunk and tag) after the compressor's trailer.

@@ -21,7 +21,19 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 const CHUNK: usize = 1 << 20;
-const CONSUMER_STOPPED: &str = "the consumer stopped reading";
+
+/// The tool's side stopped reading (its own error says why): the decoding thread
+/// ends with this, recognised by type.
+#[derive(Debug)]
+struct ConsumerStopped;
+
+impl std::fmt::Display for ConsumerStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the consumer stopped reading")
+    }
+}
+
+impl std::error::Error for ConsumerStopped {}
 
 /// What reading an object back found.
 #[derive(Debug)]
@@ -144,7 +156,7 @@ where
                 }
                 buf.truncate(filled);
                 if out_tx.blocking_send(Bytes::from(buf)).is_err() {
-                    return Err(anyhow!(CONSUMER_STOPPED));
+                    return Err(anyhow!(ConsumerStopped));
                 }
             }
         })();
@@ -238,7 +250,7 @@ where
         // The decoder's own failure explains more than the sink's reaction to it;
         // when the sink failed first, the decoder only saw it stop reading.
         consumer_error: match decoded {
-            Err(d) if !d.to_string().contains(CONSUMER_STOPPED) => Some(d),
+            Err(d) if d.downcast_ref::<ConsumerStopped>().is_none() => Some(d),
             _ => write_err,
         },
         custom_format,

@@ -6,11 +6,11 @@
 use crate::catalog::Kind;
 use crate::cli::DrillCommandArgs;
 use crate::commands::read_catalog;
-use crate::commands::run::{new_run_id, push_metrics, record_drill};
 use crate::config::{
     process_env, resolve_clock_tolerance, resolve_database, resolve_destination, resolve_drill,
     resolve_keys, resolve_metrics, resolve_scope, resolve_signing, resolve_trust, ScopeFrom,
 };
+use crate::logging::new_run_id;
 use crate::metrics::DrillOutcome;
 use crate::signals::Cancel;
 use crate::{drill, logging};
@@ -46,7 +46,7 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
     };
     trust.admit(&entry.key, &entry.trust(&trust), "drill")?;
     let mut rec = drill::drill(storage.as_ref(), manifest, &opts, &run_id, &cancel).await;
-    record_drill(storage.as_ref(), &mut rec, signer.as_deref()).await;
+    crate::drill::record(storage.as_ref(), &mut rec, signer.as_deref()).await;
     if let Some(m) = &metrics {
         let label = m
             .database_label
@@ -57,7 +57,7 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
             finished_at: rec.finished_at,
             duration_seconds: rec.duration_seconds,
         };
-        push_metrics(m, &label, None, Some(&outcome), untrusted).await;
+        crate::metrics::push(m, &label, None, Some(&outcome), untrusted).await;
     }
     if rec.passed {
         Ok(())

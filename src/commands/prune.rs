@@ -6,12 +6,12 @@
 use crate::catalog::Kind;
 use crate::cli::PruneArgs;
 use crate::commands::read_catalog;
-use crate::commands::run::new_run_id;
 use crate::config::{
     process_env, resolve_clock_tolerance, resolve_database, resolve_destination,
     resolve_orphan_grace, resolve_retention, resolve_scope, resolve_trust, ScopeFrom,
 };
 use crate::error::usage;
+use crate::logging::new_run_id;
 use crate::retention::Refused;
 use crate::{catalog, debris, gate, lock, logging, retention};
 use anyhow::{anyhow, bail, Result};
@@ -108,7 +108,7 @@ pub async fn execute(args: &PruneArgs) -> Result<()> {
         debris_uploads = swept.uploads,
         debris_objects = swept.objects,
         dry_run = args.dry_run,
-        duration_seconds = crate::commands::run::seconds(started),
+        duration_seconds = crate::logging::seconds(started),
         "{}: {} kept, {} {}",
         if args.dry_run { "dry run" } else { "pruned" },
         applied.kept,

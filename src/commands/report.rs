@@ -76,7 +76,7 @@ pub async fn execute(args: &ReportArgs) -> Result<()> {
         anomalies = data.anomalies.len(),
         out = args.out.as_ref().map(|p| p.display().to_string()),
         format = if args.json { "json" } else { "html" },
-        duration_seconds = crate::commands::run::seconds(started),
+        duration_seconds = crate::logging::seconds(started),
         "report written: {} backups of {database}, {} other objects under the prefix",
         data.backups.len(),
         data.anomalies.len()

@@ -58,7 +58,7 @@ pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
             tracing::error!(
                 error = format!("{e:#}"),
                 exit_code = code,
-                duration_seconds = crate::commands::run::seconds(clock),
+                duration_seconds = crate::logging::seconds(clock),
                 "this run failed; waiting for the next slot"
             );
         }

@@ -64,7 +64,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
         stored_bytes = fed.stored_bytes,
         uncompressed_bytes = fed.archive_bytes,
         sha256 = %fed.sha256,
-        duration_seconds = crate::commands::run::seconds(started),
+        duration_seconds = crate::logging::seconds(started),
         "intact: sha256 and size match the manifest, the archive decompresses and pg_restore reads all of it"
     );
     println!(
