@@ -101,6 +101,9 @@ pub struct RunArgs {
     pub destination: DestinationArgs,
 
     #[command(flatten)]
+    pub upload: UploadArgs,
+
+    #[command(flatten)]
     pub dump: DumpArgs,
 
     #[command(flatten)]
@@ -112,6 +115,7 @@ pub struct RunArgs {
     /// After storing the backup, read it back from the destination, restore it into a
     /// scratch database and check it against the manifest (see "Restore drill").
     #[arg(
+        help_heading = "Run",
         long,
         env = "LEAFLOCK_BACKUP_RESTORE_DRILL",
         help_heading = "Restore drill"
@@ -242,6 +246,7 @@ pub struct PruneArgs {
     /// deleting data on purpose: it counts as a normal backup again and retention resumes.
     /// Repeatable. Without a retention rule, prune only accepts.
     #[arg(
+        help_heading = "Prune",
         long,
         env = "LEAFLOCK_BACKUP_ACCEPT_SUSPECT",
         value_name = "KEY",
@@ -253,7 +258,7 @@ pub struct PruneArgs {
     pub trust: TrustArgs,
 
     /// Print what would be deleted and why each kept backup stays; delete nothing.
-    #[arg(long, env = "LEAFLOCK_BACKUP_DRY_RUN")]
+    #[arg(help_heading = "Prune", long, env = "LEAFLOCK_BACKUP_DRY_RUN")]
     pub dry_run: bool,
 }
 
@@ -298,11 +303,15 @@ pub struct ListArgs {
     pub destination: DestinationArgs,
 
     /// Print JSON (one array) instead of a table.
-    #[arg(long, env = "LEAFLOCK_BACKUP_LIST_JSON")]
+    #[arg(help_heading = "List", long, env = "LEAFLOCK_BACKUP_LIST_JSON")]
     pub json: bool,
 
     /// List the backups of every database under the prefix, not only --database's.
-    #[arg(long, env = "LEAFLOCK_BACKUP_LIST_ALL_DATABASES")]
+    #[arg(
+        help_heading = "List",
+        long,
+        env = "LEAFLOCK_BACKUP_LIST_ALL_DATABASES"
+    )]
     pub all_databases: bool,
 
     #[command(flatten)]
@@ -315,11 +324,16 @@ pub struct ReportArgs {
     pub destination: DestinationArgs,
 
     /// Write the report to FILE (replaced whole, private to its owner) instead of stdout.
-    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_OUT", value_name = "FILE")]
+    #[arg(
+        help_heading = "Report",
+        long,
+        env = "LEAFLOCK_BACKUP_REPORT_OUT",
+        value_name = "FILE"
+    )]
     pub out: Option<PathBuf>,
 
     /// The report's data as JSON instead of HTML.
-    #[arg(long, env = "LEAFLOCK_BACKUP_REPORT_JSON")]
+    #[arg(help_heading = "Report", long, env = "LEAFLOCK_BACKUP_REPORT_JSON")]
     pub json: bool,
 
     // The retention rules prune runs with: the report shows what the next prune would
@@ -350,11 +364,20 @@ pub struct VerifyArgs {
     pub allow: AllowUnsignedArgs,
 
     /// Refuse a backup that is not encrypted.
-    #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
+    #[arg(
+        help_heading = "Verify",
+        long,
+        env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION"
+    )]
     pub require_encryption: bool,
 
     /// pg_restore to use. Default: found by the archive's version.
-    #[arg(long, env = "LEAFLOCK_BACKUP_PG_RESTORE", value_name = "PATH")]
+    #[arg(
+        help_heading = "Verify",
+        long,
+        env = "LEAFLOCK_BACKUP_PG_RESTORE",
+        value_name = "PATH"
+    )]
     pub pg_restore: Option<PathBuf>,
 }
 
@@ -377,12 +400,17 @@ pub struct RestoreArgs {
     pub allow: AllowUnsignedArgs,
 
     /// Refuse a backup that is not encrypted.
-    #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
+    #[arg(
+        help_heading = "Restore",
+        long,
+        env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION"
+    )]
     pub require_encryption: bool,
 
     /// The database to restore into (it must exist). The restore never goes into another
     /// database, whatever the archive says.
     #[arg(
+        help_heading = "Restore",
         long,
         env = "LEAFLOCK_BACKUP_TARGET_DATABASE_URL",
         hide_env_values = true,
@@ -393,21 +421,31 @@ pub struct RestoreArgs {
 
     /// Restore into a database that already has tables, dropping the archive's objects
     /// before recreating them.
-    #[arg(long, env = "LEAFLOCK_BACKUP_RESTORE_CLEAN")]
+    #[arg(help_heading = "Restore", long, env = "LEAFLOCK_BACKUP_RESTORE_CLEAN")]
     pub clean: bool,
 
     /// Do not restore ownership: objects are owned by the restoring user (use when the
     /// target server lacks the archive's roles).
-    #[arg(long, env = "LEAFLOCK_BACKUP_RESTORE_NO_OWNER")]
+    #[arg(
+        help_heading = "Restore",
+        long,
+        env = "LEAFLOCK_BACKUP_RESTORE_NO_OWNER"
+    )]
     pub no_owner: bool,
 
     /// Do not ask for confirmation on a terminal.
-    #[arg(long, short = 'y', env = "LEAFLOCK_BACKUP_RESTORE_YES")]
+    #[arg(
+        help_heading = "Restore",
+        long,
+        short = 'y',
+        env = "LEAFLOCK_BACKUP_RESTORE_YES"
+    )]
     pub yes: bool,
 
     /// Parallel pg_restore jobs. Above 1 the archive is first spooled (decompressed) to a
     /// temporary file in TMPDIR, because parallel restore needs a seekable file.
     #[arg(
+        help_heading = "Restore",
         long,
         env = "LEAFLOCK_BACKUP_RESTORE_JOBS",
         default_value_t = 1,
@@ -417,11 +455,17 @@ pub struct RestoreArgs {
     pub jobs: i64,
 
     /// pg_restore to use. Default: found by the archive's version.
-    #[arg(long, env = "LEAFLOCK_BACKUP_PG_RESTORE", value_name = "PATH")]
+    #[arg(
+        help_heading = "Restore",
+        long,
+        env = "LEAFLOCK_BACKUP_PG_RESTORE",
+        value_name = "PATH"
+    )]
     pub pg_restore: Option<PathBuf>,
 
     /// Seconds to wait for the database connection.
     #[arg(
+        help_heading = "Restore",
         long,
         env = "LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
         default_value_t = 30,
@@ -439,6 +483,10 @@ pub struct DrillCommandArgs {
     #[command(flatten)]
     pub destination: DestinationArgs,
 
+    /// The drill record is an object too: written with the same protections as backups.
+    #[command(flatten)]
+    pub upload: UploadArgs,
+
     #[command(flatten)]
     pub keys: KeyArgs,
 
@@ -449,7 +497,11 @@ pub struct DrillCommandArgs {
     pub allow: AllowUnsignedArgs,
 
     /// Refuse a backup that is not encrypted.
-    #[arg(long, env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION")]
+    #[arg(
+        help_heading = "Drill",
+        long,
+        env = "LEAFLOCK_BACKUP_REQUIRE_ENCRYPTION"
+    )]
     pub require_encryption: bool,
 
     /// Default drill server when --drill-database-url is not given (same fallbacks as `run`).
@@ -497,6 +549,7 @@ pub struct NextRunArgs {
 
     /// How many upcoming slots to print.
     #[arg(
+        help_heading = "Next run",
         long,
         env = "LEAFLOCK_BACKUP_NEXT_RUN_COUNT",
         default_value_t = 5,
@@ -631,6 +684,33 @@ pub struct DestinationArgs {
           num_args = 0..=1, default_missing_value = "true")]
     pub s3_force_path_style: Option<bool>,
 
+    /// SSE-C: a customer-provided 256-bit key, base64. S3 stores only its MD5; every read
+    /// (verify, restore, drill, list) needs the same key.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_SSE_C_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub sse_c_key: Option<String>,
+
+    /// Attempts per S3 request before giving up (transient errors are retried with
+    /// exponential backoff and jitter).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_S3_MAX_ATTEMPTS",
+        default_value_t = 6,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub s3_max_attempts: i64,
+}
+
+/// How objects are written: only the commands that store backups (`run`, `schedule`)
+/// and drill records (`drill`) take these; the read commands do not offer them.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Writing objects")]
+pub struct UploadArgs {
     /// Storage class of the backup object (STANDARD, STANDARD_IA, GLACIER_IR, ...). Default: the
     /// bucket's.
     #[arg(long, env = "LEAFLOCK_BACKUP_S3_STORAGE_CLASS", value_name = "CLASS")]
@@ -664,16 +744,6 @@ pub struct DestinationArgs {
     #[arg(long, env = "LEAFLOCK_BACKUP_SSE_KMS_KEY_ID", value_name = "KEY_ID")]
     pub sse_kms_key_id: Option<String>,
 
-    /// SSE-C: a customer-provided 256-bit key, base64. S3 stores only its MD5; every read
-    /// (verify, restore, drill, list) needs the same key.
-    #[arg(
-        long,
-        env = "LEAFLOCK_BACKUP_SSE_C_KEY",
-        hide_env_values = true,
-        value_name = "BASE64"
-    )]
-    pub sse_c_key: Option<String>,
-
     /// Object Lock: retain each backup object and manifest for DAYS (the bucket must have
     /// Object Lock enabled). Keep it at or below the retention --max-age.
     #[arg(long, env = "LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS", value_name = "DAYS")]
@@ -687,17 +757,6 @@ pub struct DestinationArgs {
         value_name = "MODE"
     )]
     pub object_lock_mode: String,
-
-    /// Attempts per S3 request before giving up (transient errors are retried with
-    /// exponential backoff and jitter).
-    #[arg(
-        long,
-        env = "LEAFLOCK_BACKUP_S3_MAX_ATTEMPTS",
-        default_value_t = 6,
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub s3_max_attempts: i64,
 }
 
 #[derive(Debug, Clone, Args)]

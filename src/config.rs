@@ -8,7 +8,7 @@
 
 use crate::cli::{
     AllowUnsignedArgs, DatabaseArgs, DestinationArgs, DrillArgs, DumpArgs, EncryptArgs, GateArgs,
-    KeyArgs, MetricsArgs, RetentionArgs, RunArgs, ScheduleArgs, SigningArgs, TrustArgs,
+    KeyArgs, MetricsArgs, RetentionArgs, RunArgs, ScheduleArgs, SigningArgs, TrustArgs, UploadArgs,
 };
 use crate::compress::Compression;
 use crate::conninfo::{ConnInfo, SslMode};
@@ -37,6 +37,10 @@ pub fn process_env(name: &str) -> Option<String> {
 
 pub const DEFAULT_PREFIX: &str = "backups/";
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Part size and parts in flight of a command that writes no backup (`--part-size`'s
+/// and `--parts-in-flight`'s defaults).
+const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 pub const MAX_COMPRESS_THREADS: usize = 256;
 
@@ -228,16 +232,26 @@ fn check_local_dir(dir: &Path) -> Result<()> {
 /// S3-only settings given with a local destination: the protections (SSE, SSE-C,
 /// Object Lock) cannot be given by a directory and are refused; the rest is said to do
 /// nothing.
-fn check_s3_only_flags(args: &DestinationArgs) -> Result<()> {
+fn check_s3_only_flags(args: &DestinationArgs, upload: Option<&UploadArgs>) -> Result<()> {
     let set = |o: &Option<String>| o.as_deref().is_some_and(|v| !v.is_empty());
+    let none = None;
+    let (sse, kms, class, lock) = match upload {
+        Some(u) => (
+            &u.sse,
+            &u.sse_kms_key_id,
+            &u.s3_storage_class,
+            u.object_lock_days,
+        ),
+        None => (&none, &none, &none, None),
+    };
     for (given, flag) in [
-        (set(&args.sse), "--sse / LEAFLOCK_BACKUP_SSE"),
+        (set(sse), "--sse / LEAFLOCK_BACKUP_SSE"),
         (
             set(&args.sse_c_key),
             "--sse-c-key / LEAFLOCK_BACKUP_SSE_C_KEY",
         ),
         (
-            args.object_lock_days.is_some(),
+            lock.is_some(),
             "--object-lock-days / LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS",
         ),
     ] {
@@ -252,8 +266,8 @@ fn check_s3_only_flags(args: &DestinationArgs) -> Result<()> {
         (set(&args.s3_endpoint), "--s3-endpoint"),
         (set(&args.s3_access_key), "--s3-access-key"),
         (set(&args.s3_secret_key), "--s3-secret-key"),
-        (set(&args.s3_storage_class), "--s3-storage-class"),
-        (set(&args.sse_kms_key_id), "--sse-kms-key-id"),
+        (set(class), "--s3-storage-class"),
+        (set(kms), "--sse-kms-key-id"),
     ] {
         if given {
             tracing::warn!(
@@ -402,7 +416,14 @@ fn check_http_url(v: &str, what: &str) -> Result<()> {
     }
 }
 
-pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<DestinationConfig> {
+/// Where backups are and how to reach them. `upload` is given by the commands that
+/// write objects (part size, storage class, SSE-S3/KMS, Object Lock); without it the
+/// destination is read with the defaults and writes nothing of those.
+pub fn resolve_destination(
+    args: &DestinationArgs,
+    upload: Option<&UploadArgs>,
+    env: EnvLookup,
+) -> Result<DestinationConfig> {
     let bucket_arg = args
         .s3_bucket
         .clone()
@@ -418,7 +439,7 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
             return usage("--local-dir / LEAFLOCK_BACKUP_LOCAL_DIR: expected a directory path");
         }
         check_local_dir(&args.local_dir)?;
-        check_s3_only_flags(args)?;
+        check_s3_only_flags(args, upload)?;
         return Ok(DestinationConfig::Local(LocalConfig {
             dir: args.local_dir.clone(),
             prefix,
@@ -500,28 +521,37 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
             )
         }
     };
-    let part_size = match parse_size(&args.part_size) {
-        Some(n) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => n as usize,
-        _ => {
-            return usage(format!(
-                "--part-size / LEAFLOCK_BACKUP_PART_SIZE: expected a size from 5MiB to 5GiB (e.g. 16MiB), got {:?}",
-                args.part_size
-            ))
+    let (part_size, parts_in_flight) = match upload {
+        None => (DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT),
+        Some(u) => {
+            let part_size = match parse_size(&u.part_size) {
+                Some(n) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => n as usize,
+                _ => {
+                    return usage(format!(
+                        "--part-size / LEAFLOCK_BACKUP_PART_SIZE: expected a size from 5MiB to 5GiB (e.g. 16MiB), got {:?}",
+                        u.part_size
+                    ))
+                }
+            };
+            if !(1..=64).contains(&u.parts_in_flight) {
+                return usage(format!(
+                    "--parts-in-flight / LEAFLOCK_BACKUP_PARTS_IN_FLIGHT: expected 1..64, got {}",
+                    u.parts_in_flight
+                ));
+            }
+            (part_size, u.parts_in_flight as usize)
         }
     };
-    if !(1..=64).contains(&args.parts_in_flight) {
-        return usage(format!(
-            "--parts-in-flight / LEAFLOCK_BACKUP_PARTS_IN_FLIGHT: expected 1..64, got {}",
-            args.parts_in_flight
-        ));
-    }
     if !(1..=20).contains(&args.s3_max_attempts) {
         return usage(format!(
             "--s3-max-attempts / LEAFLOCK_BACKUP_S3_MAX_ATTEMPTS: expected 1..20, got {}",
             args.s3_max_attempts
         ));
     }
-    let storage_class = match args.s3_storage_class.as_deref().filter(|s| !s.is_empty()) {
+    let storage_class = match upload
+        .and_then(|u| u.s3_storage_class.as_deref())
+        .filter(|s| !s.is_empty())
+    {
         None => None,
         Some(c) => {
             let known = aws_sdk_s3::types::StorageClass::values();
@@ -534,7 +564,7 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
             Some(c.to_string())
         }
     };
-    let sse = resolve_sse(args)?;
+    let sse = resolve_sse(args, upload)?;
     if let (Some(Sse::Customer { .. }), Some((e, src))) = (&sse, &endpoint) {
         if plain_http_off_host(e) {
             return usage(format!(
@@ -544,11 +574,11 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
             ));
         }
     }
-    let object_lock = match args.object_lock_days {
+    let object_lock = match upload.and_then(|u| u.object_lock_days.map(|d| (u, d))) {
         None => None,
-        Some(0) => return usage("--object-lock-days / LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS: expected at least 1"),
-        Some(d) => Some((
-            match args.object_lock_mode.to_ascii_lowercase().as_str() {
+        Some((_, 0)) => return usage("--object-lock-days / LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS: expected at least 1"),
+        Some((u, d)) => Some((
+            match u.object_lock_mode.to_ascii_lowercase().as_str() {
                 "governance" => LockMode::Governance,
                 "compliance" => LockMode::Compliance,
                 other => {
@@ -571,22 +601,25 @@ pub fn resolve_destination(args: &DestinationArgs, env: EnvLookup) -> Result<Des
         credentials,
         storage_class,
         part_size,
-        parts_in_flight: args.parts_in_flight as usize,
+        parts_in_flight,
         max_attempts: args.s3_max_attempts as u32,
     }))
 }
 
-fn resolve_sse(args: &DestinationArgs) -> Result<Option<Sse>> {
+fn resolve_sse(args: &DestinationArgs, upload: Option<&UploadArgs>) -> Result<Option<Sse>> {
     use base64::Engine;
     let c_key = args.sse_c_key.as_deref().filter(|k| !k.is_empty());
-    let mode = args.sse.as_deref().filter(|k| !k.is_empty());
-    if args.sse_kms_key_id.is_some() && mode != Some("aws:kms") {
+    let mode = upload
+        .and_then(|u| u.sse.as_deref())
+        .filter(|k| !k.is_empty());
+    let kms_key = upload.and_then(|u| u.sse_kms_key_id.clone());
+    if kms_key.is_some() && mode != Some("aws:kms") {
         return usage("--sse-kms-key-id / LEAFLOCK_BACKUP_SSE_KMS_KEY_ID needs --sse aws:kms");
     }
     match (mode, c_key) {
         (Some(_), Some(_)) => usage("--sse and --sse-c-key exclude each other: choose one"),
         (Some("AES256"), None) => Ok(Some(Sse::S3)),
-        (Some("aws:kms"), None) => Ok(Some(Sse::Kms(args.sse_kms_key_id.clone()))),
+        (Some("aws:kms"), None) => Ok(Some(Sse::Kms(kms_key))),
         (Some(other), None) => usage(format!(
             "--sse / LEAFLOCK_BACKUP_SSE: expected AES256 or aws:kms, got {other:?}"
         )),
@@ -988,7 +1021,7 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
         retention: resolve_retention(&args.retention, env)?,
         orphan_grace: resolve_orphan_grace(&args.retention)?,
         database,
-        destination: resolve_destination(&args.destination, env)?,
+        destination: resolve_destination(&args.destination, Some(&args.upload), env)?,
         compression: resolve_compression(&args.dump)?,
         compress_threads: resolve_compress_threads(&args.dump)?,
         metrics: resolve_metrics(&args.metrics)?,

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::Utc;
 
 pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
-    let dest = resolve_destination(&args.destination, &process_env)?;
+    let dest = resolve_destination(&args.destination, Some(&args.upload), &process_env)?;
     let database = resolve_database(&args.database, &process_env)?;
     let keys = resolve_keys(&args.keys, &process_env)?;
     let opts = resolve_drill(&args.drill, &database, keys, args.require_encryption)?;

@@ -15,7 +15,7 @@ use crate::signing::TrustPolicy;
 use anyhow::Result;
 
 pub async fn execute(args: &ListArgs) -> Result<()> {
-    let dest = resolve_destination(&args.destination, &process_env)?;
+    let dest = resolve_destination(&args.destination, None, &process_env)?;
     let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
     let trust = resolve_trust(&args.trust, None, None)?;

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Result};
 use chrono::Utc;
 
 pub async fn execute(args: &PruneArgs) -> Result<()> {
-    let dest = resolve_destination(&args.destination, &process_env)?;
+    let dest = resolve_destination(&args.destination, None, &process_env)?;
     let policy = resolve_retention(&args.retention, &process_env)?;
     if policy.is_none() && args.accept_suspect.is_empty() {
         return usage(

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 
 pub async fn execute(args: &ReportArgs) -> Result<()> {
-    let dest = resolve_destination(&args.destination, &process_env)?;
+    let dest = resolve_destination(&args.destination, None, &process_env)?;
     let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let trust = resolve_trust(&args.trust, None, None)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;

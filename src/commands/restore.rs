@@ -24,7 +24,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 pub async fn execute(args: &RestoreArgs) -> Result<()> {
-    let dest = resolve_destination(&args.destination, &process_env)?;
+    let dest = resolve_destination(&args.destination, None, &process_env)?;
     let Some(url) = args
         .target_database_url
         .as_deref()

@@ -15,7 +15,7 @@ use crate::readback;
 use anyhow::{anyhow, bail, Context, Result};
 
 pub async fn execute(args: &VerifyArgs) -> Result<()> {
-    let dest = resolve_destination(&args.destination, &process_env)?;
+    let dest = resolve_destination(&args.destination, None, &process_env)?;
     let explicit = check_tool_path(
         args.pg_restore.as_deref(),
         "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
