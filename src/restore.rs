@@ -235,7 +235,7 @@ async fn warn_if_privileged(client: &tokio_postgres::Client, target: &ConnInfo) 
                 superuser,
                 "restoring an old script's archive as a role that may run programs or read and write \
                  files on the database server: every statement is checked before it runs, but a role \
-                 that owns the target database and nothing more is the safer choice (README: Security)"
+                 that owns the target database and nothing more is the safer choice (docs/security.md)"
             );
         }
     }

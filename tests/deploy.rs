@@ -1709,14 +1709,19 @@ fn dockerfile_builds_this_binary_and_runs_it_as_non_root_without_a_shell() {
 }
 
 // ---------------------------------------------------------------------------
-// README
+// README and docs/deployment.md (the README links to the compose service there)
 // ---------------------------------------------------------------------------
 
 #[test]
 fn readme_compose_service_is_valid_and_uses_the_image_as_shipped() {
     let readme = read("README.md");
-    let section = readme
-        .split("### docker-compose")
+    assert!(
+        readme.contains("docs/deployment.md#docker-compose"),
+        "the README links to the compose service"
+    );
+    let deployment = read("docs/deployment.md");
+    let section = deployment
+        .split("\n## docker-compose\n")
         .nth(1)
         .expect("a docker-compose section");
     let block = section
@@ -1753,7 +1758,7 @@ fn readme_compose_service_is_valid_and_uses_the_image_as_shipped() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        readme.contains("exposure"),
-        "README gives the exposure score"
+        deployment.contains("exposure"),
+        "docs/deployment.md gives the exposure score"
     );
 }

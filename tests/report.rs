@@ -5,8 +5,8 @@
 //! whose charts must hold one point per backup. A second bucket plants hostile text
 //! (a table named `<script>…`, markup in a drill failure) that must stay text.
 //!
-//! `LEAFLOCK_REPORT_SCREENSHOT=PATH` also writes the screenshot there (the README's
-//! picture is made that way).
+//! `LEAFLOCK_REPORT_SCREENSHOT=PATH` also writes the screenshot there (the picture in
+//! docs/monitoring.md is made that way).
 
 mod common;
 
