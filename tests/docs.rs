@@ -291,3 +291,70 @@ fn every_relative_link_in_the_readme_and_docs_resolves() {
         broken.join("\n  ")
     );
 }
+
+/// Each group of the reference says which commands take it (`Commands: …`), a row may
+/// narrow that (`(… only.)`): every command offers exactly the flags the reference says
+/// it takes, so a read command that starts offering a write flag (or the reverse) is
+/// caught here.
+#[test]
+fn each_command_offers_exactly_the_flags_its_groups_give_it() {
+    let reference = read(REFERENCE);
+    let ticks = |s: &str| -> Vec<String> {
+        s.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    // flag -> the commands the reference gives it to.
+    let mut given: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for section in reference.split("\n### ").skip(1) {
+        let Some(line) = section
+            .lines()
+            .find(|l| l.starts_with("Commands:") || l.starts_with("Every command"))
+        else {
+            continue;
+        };
+        let group: BTreeSet<String> = ticks(line.split_once(':').map_or(line, |x| x.1))
+            .into_iter()
+            .filter(|c| !c.starts_with('-'))
+            .collect();
+        for row in section.lines().filter(|l| l.starts_with("| `-")) {
+            let first = row.split('|').nth(1).unwrap();
+            let Some(flag) = long_flags(first).into_iter().next() else {
+                continue;
+            };
+            let only: Option<BTreeSet<String>> = row
+                .rfind("only.)")
+                .and_then(|end| row[..end].rfind('(').map(|start| &row[start..end]))
+                .map(|p| ticks(p).into_iter().collect());
+            given
+                .entry(flag)
+                .or_default()
+                .extend(only.unwrap_or_else(|| group.clone()));
+        }
+    }
+    assert!(given.len() > 50, "rows read: {}", given.len());
+    let mut wrong = Vec::new();
+    for cmd in subcommands() {
+        let offered: BTreeSet<String> = options(&help(&[&cmd]))
+            .into_iter()
+            .map(|o| o.flag)
+            .collect();
+        for f in &offered {
+            if !given.get(f).is_some_and(|cs| cs.contains(&cmd)) {
+                wrong.push(format!(
+                    "{cmd} offers {f}, which the reference does not give it"
+                ));
+            }
+        }
+        for (f, cs) in &given {
+            if cs.contains(&cmd) && !offered.contains(f) && f != "--version" {
+                wrong.push(format!(
+                    "the reference gives {cmd} {f}, which it does not offer"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{REFERENCE}:\n  {}", wrong.join("\n  "));
+}
