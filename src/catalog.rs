@@ -43,7 +43,7 @@ pub enum Kind {
         drill_seal: Option<Seal>,
     },
     /// `leaflock_backup_YYYYmmdd_HHMMSS.sql.gz.enc` from LeafLock's old script.
-    Legacy,
+    OldScript,
     /// A manifest that cannot be read, does not parse, or contradicts its place.
     BadManifest { error: String },
     /// A manifest whose object is missing.
@@ -142,7 +142,7 @@ pub fn time_from_name(key: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-pub fn is_legacy(key: &str) -> bool {
+pub fn is_old_script(key: &str) -> bool {
     let n = file_name(key);
     n.starts_with(manifest::OBJECT_STEM) && (n.ends_with(".sql.gz.enc") || n.ends_with(".sql.gz"))
 }
@@ -284,8 +284,8 @@ pub async fn scan(storage: &dyn Storage, prefix: &str, view: View) -> Result<Cat
         }
         let kind = if file_name(&o.key).starts_with('.') && o.key.contains(".partial-") {
             Kind::Partial
-        } else if is_legacy(&o.key) {
-            Kind::Legacy
+        } else if is_old_script(&o.key) {
+            Kind::OldScript
         } else {
             Kind::NoManifest
         };
@@ -574,10 +574,10 @@ mod tests {
             time_from_name("backups/2026/11/25/leaflock_backup_20261125_020003.sql.gz.enc"),
             Some(Utc.with_ymd_and_hms(2026, 11, 25, 2, 0, 3).unwrap())
         );
-        assert!(is_legacy(
+        assert!(is_old_script(
             "backups/2026/11/25/leaflock_backup_20261125_020003.sql.gz.enc"
         ));
-        assert!(!is_legacy(
+        assert!(!is_old_script(
             "backups/x/leaflock_backup_20261125T020003Z.dump.gz"
         ));
         assert_eq!(time_from_name("backups/other.bin"), None);

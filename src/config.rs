@@ -14,7 +14,7 @@ use crate::compress::Compression;
 use crate::conninfo::{ConnInfo, SslMode};
 use crate::crypto::{parse_recipients, Encryption, Keys};
 use crate::drill::DrillOptions;
-use crate::error::usage;
+use crate::error::{usage, UsageError};
 use crate::gate::Thresholds;
 use crate::metrics::MetricsConfig;
 use crate::retention::{Policy, GDPR_DAYS};
@@ -414,6 +414,48 @@ fn check_http_url(v: &str, what: &str) -> Result<()> {
             "{what}: expected an http:// or https:// URL, got {v:?}"
         )),
     }
+}
+
+/// The target of `restore` and how to reach it.
+#[derive(Debug, Clone)]
+pub struct RestoreTarget {
+    pub target: ConnInfo,
+    /// Parallel pg_restore jobs, 1..64.
+    pub jobs: i64,
+    pub pg_restore: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+pub fn resolve_restore_target(args: &crate::cli::RestoreArgs) -> Result<RestoreTarget> {
+    const TARGET: &str = "--target-database-url / LEAFLOCK_BACKUP_TARGET_DATABASE_URL";
+    let Some(url) = args
+        .target_database_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    else {
+        return usage(format!("{TARGET} is required"));
+    };
+    let target = ConnInfo::parse_url(url).map_err(|e| UsageError(format!("{TARGET}: {e}")))?;
+    if !(1..=64).contains(&args.jobs) {
+        return usage(format!(
+            "--jobs / LEAFLOCK_BACKUP_RESTORE_JOBS: expected 1..64, got {}",
+            args.jobs
+        ));
+    }
+    let pg_restore = check_tool_path(
+        args.pg_restore.as_deref(),
+        "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
+    )?;
+    check_seconds(
+        args.connect_timeout,
+        "--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
+    )?;
+    Ok(RestoreTarget {
+        target,
+        jobs: args.jobs,
+        pg_restore,
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    })
 }
 
 /// Where backups are and how to reach them. `upload` is given by the commands that
@@ -1136,7 +1178,7 @@ mod tests {
     }
 
     #[test]
-    fn legacy_variables_are_honoured() {
+    fn old_variable_names_are_honoured() {
         let c = resolve(
             &[],
             &[
@@ -1189,7 +1231,7 @@ mod tests {
     }
 
     #[test]
-    fn flags_win_over_legacy_names_and_local_is_the_default() {
+    fn flags_win_over_old_names_and_local_is_the_default() {
         let c = resolve(
             &["--database-url", "postgresql://u@h/db"],
             &[("DATABASE_URL", "postgresql://x@y/z")],

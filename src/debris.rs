@@ -159,7 +159,7 @@ pub async fn sweep(
         if !in_scope(prefix, scope, &o.key) {
             continue;
         }
-        if present.contains(mkey.as_str()) || catalog::is_legacy(&o.key) {
+        if present.contains(mkey.as_str()) || catalog::is_old_script(&o.key) {
             continue;
         }
         // The later of the name's time and the store's time: a run that started long

@@ -20,7 +20,7 @@ use crate::readback;
 use crate::record::DrillRecord;
 use crate::signals::Cancel;
 use crate::storage::Storage;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use chrono::Utc;
 use std::path::PathBuf;
@@ -211,9 +211,7 @@ async fn restore(
     rec: &mut DrillRecord,
 ) -> Result<()> {
     let decode = readback::Decode::for_manifest(manifest, &opts.keys, opts.require_encryption)?;
-    let archive_major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
-    let tool = pgtool::select("pg_restore", opts.pg_restore.as_deref(), archive_major)
-        .with_context(|| format!("the archive was written by pg_dump {archive_major}"))?;
+    let tool = pgtool::pg_restore_for(&manifest.pg_dump_version, opts.pg_restore.as_deref())?;
     rec.pg_restore_version = tool.version.clone();
     let mut cmd = pgtool::command(&tool.path);
     cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])

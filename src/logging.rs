@@ -33,22 +33,21 @@ pub struct Terminal {
     pub progress: bool,
 }
 
-pub fn init(args: &LogArgs) -> Terminal {
+/// Start logging as `args` say; a log level that is not one is a usage error (exit 2).
+pub fn init(args: &LogArgs) -> Result<Terminal, crate::error::UsageError> {
     let tty = std::io::stderr().is_terminal();
     let text = match args.log_format {
         LogFormat::Auto => tty,
         LogFormat::Json => false,
         LogFormat::Text => true,
     };
-    let filter = filter(&args.log_level).unwrap_or_else(|_| {
-        // Bad configuration, before any work: exit 2 like every other bad value.
-        eprintln!(
-            "error: --log-level / LEAFLOCK_BACKUP_LOG_LEVEL: {:?} is not a level or filter \
+    let filter = filter(&args.log_level).map_err(|_| {
+        crate::error::UsageError(format!(
+            "--log-level / LEAFLOCK_BACKUP_LOG_LEVEL: {:?} is not a level or filter \
              (error, warn, info, debug, trace, or a tracing filter)",
             args.log_level
-        );
-        std::process::exit(crate::error::EXIT_USAGE);
-    });
+        ))
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(StderrWriter);
@@ -57,9 +56,9 @@ pub fn init(args: &LogArgs) -> Terminal {
     } else {
         builder.event_format(JsonLines).init();
     }
-    Terminal {
+    Ok(Terminal {
         progress: text && tty && !args.no_progress,
-    }
+    })
 }
 
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];

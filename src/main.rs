@@ -18,11 +18,11 @@ mod dump;
 mod error;
 mod gate;
 mod httptls;
-mod legacy;
 mod lock;
 mod logging;
 mod manifest;
 mod metrics;
+mod old_script;
 mod pgtool;
 mod pipeline;
 mod progress;
@@ -44,10 +44,17 @@ use std::time::Duration;
 
 fn main() {
     let clock = std::time::Instant::now();
-    secrets::load_files();
+    // Bad configuration found before logging exists: one line on stderr, exit 2.
+    let refuse = |e: error::UsageError| -> ! {
+        eprintln!("error: {e}");
+        std::process::exit(error::EXIT_USAGE)
+    };
+    if let Err(e) = secrets::load_files() {
+        refuse(e);
+    }
     logging::redact(secrets::values());
     let cli = cli::Cli::parse();
-    let term = logging::init(&cli.log);
+    let term = logging::init(&cli.log).unwrap_or_else(|e| refuse(e));
     // Every command's lines share a request id (the first warning included); `run` and
     // `schedule` set one per run.
     logging::set_run_id(&logging::new_run_id(chrono::Utc::now()));

@@ -121,6 +121,15 @@ pub fn candidates(tool: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The pg_restore that reads an archive written by `pg_dump_version` (as its manifest
+/// records it): `explicit` if given, else the lowest installed major that can. The one
+/// choice verify, restore and drills make.
+pub fn pg_restore_for(pg_dump_version: &str, explicit: Option<&Path>) -> Result<PgTool> {
+    let major = parse_major(pg_dump_version).unwrap_or(0);
+    select("pg_restore", explicit, major)
+        .with_context(|| format!("the archive was written by pg_dump {major}"))
+}
+
 /// Pick the tool for `server_major` (the server's major for pg_dump, the archive's for
 /// pg_restore). An explicit path must qualify itself;
 /// otherwise the lowest qualifying major among the candidates wins. Failure is a

@@ -10,7 +10,7 @@ use crate::crypto::Keys;
 use crate::manifest::Manifest;
 use crate::pgtool::ToolProcess;
 use crate::storage::Storage;
-use crate::{compress, legacy};
+use crate::{compress, old_script};
 use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-const CHUNK: usize = 1 << 20;
+use crate::pipeline::CHUNK;
 
 /// The tool's side stopped reading (its own error says why): the decoding thread
 /// ends with this, recognised by type.
@@ -58,7 +58,7 @@ pub enum Decode {
         keys: Option<Keys>,
     },
     /// LeafLock's old script: openssl decryption, gzip, database statements removed.
-    Legacy { password: String },
+    OldScript { password: String },
 }
 
 impl Decode {
@@ -137,7 +137,7 @@ where
                     };
                     compress::decoder(compression, input)?
                 }
-                Decode::Legacy { password } => legacy::decoder(input, password)?,
+                Decode::OldScript { password } => old_script::decoder(input, password)?,
             };
             loop {
                 let mut buf = vec![0u8; CHUNK];

@@ -5,14 +5,14 @@
 //! object is never committed. With more jobs (parallel restore needs a seekable file)
 //! the archive is first spooled to a temporary file and verified, then restored. An
 //! archive of the old script is replayed over this tool's own connection in one
-//! transaction (`legacy::replay`), never through psql. The command
+//! transaction (`old_script::replay`), never through psql. The command
 //! (`commands/restore.rs`) chooses the backup, checks the target and asks the operator;
 //! this module only restores.
 
 use crate::conninfo::ConnInfo;
 use crate::database;
-use crate::legacy;
 use crate::manifest::Manifest;
+use crate::old_script;
 use crate::pgtool::{self, PgTool, ToolProcess};
 use crate::readback;
 use crate::storage::Storage;
@@ -149,7 +149,7 @@ async fn spooled_restore(
 }
 
 /// An archive of the old script: decrypt, gunzip, and replay its SQL over this tool's
-/// own connection (`legacy::replay`), in one transaction committed only once the
+/// own connection (`old_script::replay`), in one transaction committed only once the
 /// archive decoded to its end. No shell-capable client is ever started.
 pub async fn old_archive(
     storage: &dyn Storage,
@@ -167,9 +167,9 @@ pub async fn old_archive(
          \\connect for its own database are left out, anything reaching outside the target stops it"
     );
     let (writer, reader) = tokio::io::duplex(1 << 20);
-    let decode = readback::Decode::Legacy { password };
+    let decode = readback::Decode::OldScript { password };
     let read = readback::read_back(storage, key, decode, writer, None);
-    let replay = legacy::replay(&client, reader);
+    let replay = old_script::replay(&client, reader);
     tokio::pin!(read);
     tokio::pin!(replay);
     let mut replayed = None;

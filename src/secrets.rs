@@ -3,7 +3,7 @@
 //! are parsed; and a warning when a secret was given on the command line, where `ps`
 //! shows it to every user of the host.
 
-use crate::error::EXIT_USAGE;
+use crate::error::UsageError;
 
 /// A URL for a message: any `user:password@` masked.
 pub fn redact_url(url: &str) -> String {
@@ -52,37 +52,40 @@ const URL_FLAGS: &[&str] = &[
 ];
 
 /// Read `NAME_FILE` into `NAME` for every secret variable that is not set itself (the
-/// file's content, without its trailing newline). An unreadable file, or both forms
-/// at once, ends the process with exit 2 before any work.
-pub fn load_files() {
+/// file's content, without its trailing newline). An unreadable or empty file, or both
+/// forms at once, is a usage error (exit 2), found before any work.
+pub fn load_files() -> Result<(), UsageError> {
     for name in SECRET_VARIABLES {
         let file_var = format!("{name}_FILE");
         let Some(path) = std::env::var_os(&file_var).filter(|p| !p.is_empty()) else {
             continue;
         };
         if std::env::var_os(name).is_some_and(|v| !v.is_empty()) {
-            eprintln!("error: {name} and {file_var} are both set: give one");
-            std::process::exit(EXIT_USAGE);
+            return Err(UsageError(format!(
+                "{name} and {file_var} are both set: give one"
+            )));
         }
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let value = text.trim_end_matches(['\n', '\r']);
                 if value.is_empty() {
-                    eprintln!("error: {file_var}: {} is empty", path.to_string_lossy());
-                    std::process::exit(EXIT_USAGE);
+                    return Err(UsageError(format!(
+                        "{file_var}: {} is empty",
+                        path.to_string_lossy()
+                    )));
                 }
                 // Before any thread exists: nothing else reads the environment yet.
                 std::env::set_var(name, value);
             }
             Err(e) => {
-                eprintln!(
-                    "error: {file_var}: cannot read {}: {e}",
+                return Err(UsageError(format!(
+                    "{file_var}: cannot read {}: {e}",
                     path.to_string_lossy()
-                );
-                std::process::exit(EXIT_USAGE);
+                )));
             }
         }
     }
+    Ok(())
 }
 
 /// The secret and URL flags on `argv`, with their values (`--flag value` or

@@ -27,8 +27,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "formats and places",
         &[
-            "scope", "manifest", "record", "crypto", "compress", "storage", "database", "pgtool",
-            "dump", "legacy", "metrics",
+            "scope",
+            "manifest",
+            "record",
+            "crypto",
+            "compress",
+            "storage",
+            "database",
+            "pgtool",
+            "dump",
+            "old_script",
+            "metrics",
         ],
     ),
     (

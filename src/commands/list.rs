@@ -72,7 +72,7 @@ fn status(e: &Entry, trust: &TrustPolicy) -> String {
             }
             s
         }
-        Kind::Legacy => "old script".into(),
+        Kind::OldScript => "old script".into(),
         Kind::BadManifest { error } => format!("BAD MANIFEST ({error})"),
         Kind::ManifestWithoutObject => "NO OBJECT".into(),
         Kind::NoManifest => "NO MANIFEST".into(),
@@ -94,7 +94,7 @@ fn row(e: &Entry, trust: &TrustPolicy) -> String {
         .unwrap_or_else(|| "-".into());
     let db = match e.scope() {
         Some(s) => s.to_string(),
-        None if matches!(e.kind, Kind::Legacy) => "?".into(),
+        None if matches!(e.kind, Kind::OldScript) => "?".into(),
         None => "-".into(),
     };
     let (comp, enc) = match &e.kind {
@@ -109,11 +109,11 @@ fn row(e: &Entry, trust: &TrustPolicy) -> String {
                 .map(|x| x.scheme.clone())
                 .unwrap_or_else(|| "none".into()),
         ),
-        Kind::Legacy => ("gzip".into(), "openssl".into()),
+        Kind::OldScript => ("gzip".into(), "openssl".into()),
         _ => ("-".into(), "-".into()),
     };
     let signature = match &e.kind {
-        Kind::Backup { .. } | Kind::Legacy => e.trust(trust).column(),
+        Kind::Backup { .. } | Kind::OldScript => e.trust(trust).column(),
         _ => "-".into(),
     };
     format!(

@@ -9,8 +9,8 @@ use crate::catalog::Kind;
 use crate::cli::RestoreArgs;
 use crate::commands::read_catalog;
 use crate::config::{
-    check_tool_path, process_env, resolve_clock_tolerance, resolve_destination, resolve_keys,
-    resolve_scope, resolve_trust, ScopeFrom,
+    process_env, resolve_clock_tolerance, resolve_destination, resolve_keys,
+    resolve_restore_target, resolve_scope, resolve_trust, RestoreTarget, ScopeFrom,
 };
 use crate::conninfo::ConnInfo;
 use crate::error::{usage, UsageError};
@@ -21,39 +21,18 @@ use crate::restore;
 use crate::signals::Cancel;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub async fn execute(args: &RestoreArgs) -> Result<()> {
     let dest = resolve_destination(&args.destination, None, &process_env)?;
-    let Some(url) = args
-        .target_database_url
-        .as_deref()
-        .filter(|u| !u.is_empty())
-    else {
-        return usage("--target-database-url / LEAFLOCK_BACKUP_TARGET_DATABASE_URL is required");
-    };
-    let target = ConnInfo::parse_url(url).map_err(|e| {
-        UsageError(format!(
-            "--target-database-url / LEAFLOCK_BACKUP_TARGET_DATABASE_URL: {e}"
-        ))
-    })?;
-    if !(1..=64).contains(&args.jobs) {
-        return usage(format!(
-            "--jobs / LEAFLOCK_BACKUP_RESTORE_JOBS: expected 1..64, got {}",
-            args.jobs
-        ));
-    }
-    let explicit = check_tool_path(
-        args.pg_restore.as_deref(),
-        "--pg-restore / LEAFLOCK_BACKUP_PG_RESTORE",
-    )?;
+    let RestoreTarget {
+        target,
+        jobs,
+        pg_restore: explicit,
+        connect_timeout: timeout,
+    } = resolve_restore_target(args)?;
     let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
     let cancel = Cancel::install().context("cannot install signal handlers")?;
-    crate::config::check_seconds(
-        args.connect_timeout,
-        "--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
-    )?;
-    let timeout = Duration::from_secs(args.connect_timeout);
 
     let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
     let tolerance = resolve_clock_tolerance(&args.destination)?;
@@ -62,11 +41,11 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     let keys = resolve_keys(&args.keys, &process_env)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => Some(manifest.as_ref()),
-        Kind::Legacy => None,
+        Kind::OldScript => None,
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
     };
     trust.admit(&entry.key, &entry.trust(&trust), "restore")?;
-    let legacy_key = match manifest {
+    let old_script_key = match manifest {
         Some(_) => None,
         None => match keys.passphrase() {
             Some(k) => Some(k),
@@ -93,7 +72,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     }
     let clock = Instant::now();
     let Some(manifest) = manifest else {
-        let password = legacy_key.expect("set for legacy archives");
+        let password = old_script_key.expect("set for old-script archives");
         tokio::select! {
             biased;
             sig = cancel.cancelled() => return Err(anyhow!("stopped by {sig}; the single-transaction restore was rolled back")),
@@ -108,14 +87,12 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         return Ok(());
     };
 
-    let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
-    let tool = pgtool::select("pg_restore", explicit.as_deref(), major)
-        .with_context(|| format!("the archive was written by pg_dump {major}"))?;
+    let tool = pgtool::pg_restore_for(&manifest.pg_dump_version, explicit.as_deref())?;
     tracing::info!(
         key = %entry.key,
         target = %target.redacted(),
         clean = args.clean,
-        jobs = args.jobs,
+        jobs,
         pg_restore = %tool.path.display(),
         "restoring"
     );
@@ -124,7 +101,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         target: &target,
         clean: args.clean,
         no_owner: args.no_owner,
-        jobs: args.jobs,
+        jobs,
     };
     let job = restore::backup(storage.as_ref(), manifest, decode, &tool, &opts);
     tokio::select! {

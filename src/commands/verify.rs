@@ -29,7 +29,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     let entry = catalog.resolve(&args.key)?;
     let manifest = match &entry.kind {
         Kind::Backup { manifest, .. } => manifest,
-        Kind::Legacy => bail!(
+        Kind::OldScript => bail!(
             "{} is an archive of LeafLock's old backup script: it has no manifest, so there is no checksum to verify",
             entry.key
         ),
@@ -37,8 +37,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     };
     trust.admit(&entry.key, &entry.trust(&trust), "verify")?;
     let decode = readback::Decode::for_manifest(manifest, &keys, args.require_encryption)?;
-    let major = pgtool::parse_major(&manifest.pg_dump_version).unwrap_or(0);
-    let tool = pgtool::select("pg_restore", explicit.as_deref(), major)?;
+    let tool = pgtool::pg_restore_for(&manifest.pg_dump_version, explicit.as_deref())?;
     tracing::info!(key = %entry.key, pg_restore = %tool.path.display(), "verifying");
 
     let mut cmd = pgtool::command(&tool.path);

@@ -204,7 +204,7 @@ pub fn highlights(entry: &Entry) -> Vec<Highlight> {
             Severity::Warn,
             "a temporary file of a run in progress or interrupted",
         )),
-        Kind::Legacy => out.push(Highlight::new(
+        Kind::OldScript => out.push(Highlight::new(
             "old_script_archive",
             Severity::Info,
             "an archive of LeafLock's old backup script (no manifest, never pruned)",

@@ -116,6 +116,34 @@ impl Protect {
     }
 }
 
+/// The SSE-C headers (algorithm, key, key MD5) on every request that reads or writes
+/// an object's data: one definition for every request kind that takes them.
+trait SseC: Sized {
+    fn sse_c(self, key: Option<(&str, &str)>) -> Self;
+}
+
+macro_rules! sse_c_on {
+    ($($builder:ty),* $(,)?) => {$(
+        impl SseC for $builder {
+            fn sse_c(self, key: Option<(&str, &str)>) -> Self {
+                self.set_sse_customer_algorithm(key.map(|_| "AES256".to_string()))
+                    .set_sse_customer_key(key.map(|k| k.0.to_string()))
+                    .set_sse_customer_key_md5(key.map(|k| k.1.to_string()))
+            }
+        }
+    )*};
+}
+
+sse_c_on!(
+    aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder,
+    aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder,
+    aws_sdk_s3::operation::head_object::builders::HeadObjectFluentBuilder,
+    aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder,
+    aws_sdk_s3::operation::complete_multipart_upload::builders::CompleteMultipartUploadFluentBuilder,
+    aws_sdk_s3::operation::list_parts::builders::ListPartsFluentBuilder,
+);
+
 /// Build an S3 client from the configuration (explicit keys or the AWS chain).
 pub async fn client(cfg: &S3Config) -> anyhow::Result<Client> {
     let retry = aws_config::retry::RetryConfig::standard()
@@ -301,9 +329,7 @@ impl Storage for S3Storage {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_server_side_encryption(self.protect.server_side())
             .set_ssekms_key_id(self.protect.kms_key())
-            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
-            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
-            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+            .sse_c(self.protect.sse_c())
             .set_object_lock_mode(self.protect.lock().0)
             .set_object_lock_retain_until_date(self.protect.lock().1)
             .send()
@@ -346,9 +372,7 @@ impl Storage for S3Storage {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_server_side_encryption(self.protect.server_side())
             .set_ssekms_key_id(self.protect.kms_key())
-            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
-            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
-            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+            .sse_c(self.protect.sse_c())
             .set_object_lock_mode(self.protect.lock().0)
             .set_object_lock_retain_until_date(self.protect.lock().1)
             .body(ByteStream::from(data.clone()));
@@ -382,9 +406,7 @@ impl Storage for S3Storage {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
-            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
-            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+            .sse_c(self.protect.sse_c())
             .send()
             .await
             .map_err(|e| {
@@ -434,9 +456,7 @@ impl Storage for S3Storage {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
-            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
-            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+            .sse_c(self.protect.sse_c())
             .send()
             .await
             .map_err(|e| {
@@ -470,9 +490,7 @@ impl Storage for S3Storage {
             .head_object()
             .bucket(&self.bucket)
             .key(key)
-            .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
-            .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
-            .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+            .sse_c(self.protect.sse_c())
             .send()
             .await
         {
@@ -544,9 +562,7 @@ impl Storage for S3Storage {
                 .key(&u.key)
                 .upload_id(&u.id)
                 .set_part_number_marker(marker.clone())
-                .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
-                .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
-                .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+                .sse_c(self.protect.sse_c())
                 .send()
                 .await
                 .map_err(|e| {
@@ -668,9 +684,7 @@ impl S3Writer {
                 .part_number(number)
                 .content_length(len as i64)
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .set_sse_customer_algorithm(sse_c.as_ref().map(|_| "AES256".to_string()))
-                .set_sse_customer_key(sse_c.as_ref().map(|c| c.0.clone()))
-                .set_sse_customer_key_md5(sse_c.as_ref().map(|c| c.1.clone()))
+                .sse_c(sse_c.as_ref().map(|(k, m)| (k.as_str(), m.as_str())))
                 .body(ByteStream::from(body))
                 .send()
                 .await
@@ -761,9 +775,7 @@ impl ObjectWriter for S3Writer {
                 .key(&self.key)
                 .upload_id(self.upload_id())
                 .if_none_match("*")
-                .set_sse_customer_algorithm(self.protect.sse_c().map(|_| "AES256".to_string()))
-                .set_sse_customer_key(self.protect.sse_c().map(|c| c.0.to_string()))
-                .set_sse_customer_key_md5(self.protect.sse_c().map(|c| c.1.to_string()))
+                .sse_c(self.protect.sse_c())
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
                         .set_parts(Some(parts))
