@@ -56,7 +56,7 @@ if ! [[ $ROUNDS =~ ^[0-9]+$ ]] || ((ROUNDS == 0)); then die "--rounds must be a 
 "$SCRIPT_DIR/testbed.sh" install >&2
 "$SCRIPT_DIR/testbed.sh" start >&2
 TESTBED=${LEAFLOCK_TESTBED_DIR:-/tmp/leaflock-testbed}
-# shellcheck disable=SC1091
+# shellcheck disable=SC1091 # the env file is written by `testbed.sh start` when it runs
 . "$TESTBED/env"
 for tool in pigz gzip /usr/bin/time; do
     have "$tool" || die "$tool is missing (scripts/testbed.sh install provides it)"

@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 size=${DEMO_SIZE_MB:-64}
 scripts/testbed.sh install
 scripts/testbed.sh start
-# shellcheck disable=SC1091
+# shellcheck disable=SC1091 # the env file is written by `testbed.sh start` when it runs
 . "${LEAFLOCK_TESTBED_DIR:-/tmp/leaflock-testbed}/env"
 
 echo "== Generating a LeafLock-shaped database 'leaflock_demo' of about ${size} MiB"

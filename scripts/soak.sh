@@ -36,7 +36,7 @@ done
 
 env_file=${LEAFLOCK_TESTBED_DIR:-/tmp/leaflock-testbed}/env
 [[ -f $env_file ]] || die "the test bed is not running: scripts/testbed.sh start"
-# shellcheck disable=SC1090
+# shellcheck disable=SC1090 # the env file is written by `testbed.sh start` when it runs
 . "$env_file"
 for t in jq curl /usr/bin/time; do have "$t" || die "$t is needed (scripts/testbed.sh install)"; done
 
@@ -60,7 +60,7 @@ aws_() {
         "$LEAFLOCK_TEST_AWS_CLI" --endpoint-url "$LEAFLOCK_TEST_S3_ENDPOINT" "$@"
 }
 cleanup() {
-    [[ -n $proxy_pid ]] && kill "$proxy_pid" 2>/dev/null || true
+    if [[ -n $proxy_pid ]]; then kill "$proxy_pid" 2>/dev/null || true; fi
     psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
     aws_ s3 rm --quiet --recursive "s3://$LEAFLOCK_TEST_S3_BUCKET/$prefix/" >/dev/null 2>&1 || true
     curl -fs -X DELETE "$LEAFLOCK_TEST_PUSHGATEWAY_URL/metrics/job/leaflock-backup/database/$group" >/dev/null || true

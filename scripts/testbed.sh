@@ -11,7 +11,8 @@
 #                      and time (for scripts/bench.sh), chromium and a font
 #                      (the report is rendered and checked in a real browser),
 #                      systemd-container and debootstrap (a real systemd for
-#                      tests/systemd.rs)
+#                      tests/systemd.rs), shellcheck (tests/scripts.rs checks
+#                      scripts/ and .ci/run with it)
 #              crates.io (into $TESTBED/cargo): cargo-deb (the Debian package)
 #              a minimal Debian root for systemd-nspawn and the pod test
 #                      ($TESTBED/systemd-root, scripts/systemd-root.sh)
@@ -125,6 +126,7 @@ APT_PACKAGES=(
     chromium fonts-dejavu-core
     libossp-uuid16 libicu72 libxml2 libreadline8 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2
     systemd-container debootstrap
+    shellcheck
 )
 
 # cargo-deb builds the Debian package (tests/systemd.rs installs it in a container).
@@ -335,6 +337,7 @@ cmd_install() {
     log "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1)"
     log "pushgateway: $(prometheus-pushgateway --version 2>&1 | head -n1)"
     log "chromium: $(chromium --version 2>/dev/null | head -n1)"
+    log "shellcheck: $(shellcheck --version 2>&1 | sed -n 's/^version: //p')"
     log "install done in $(elapsed_since "$t0") s"
 }
 

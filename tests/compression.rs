@@ -11,20 +11,8 @@ use std::process::{Command, Stdio};
 
 /// The object (ending in `.dump.<ext>`) and the manifest stored under `prefix`.
 fn stored(prefix: &str, ext: &str) -> (Value, String, Vec<u8>) {
-    let keys = s3_keys(&format!("{prefix}/"));
-    assert_eq!(keys.len(), 2, "one object and one manifest: {keys:?}");
-    let mkey = keys
-        .iter()
-        .find(|k| k.ends_with(".manifest.json"))
-        .expect("a manifest");
-    let okey = keys
-        .iter()
-        .find(|k| k.ends_with(&format!(".dump.{ext}")))
-        .unwrap_or_else(|| panic!("an object ending in .dump.{ext}: {keys:?}"))
-        .clone();
-    let manifest: Value = serde_json::from_slice(&s3_get(mkey)).expect("manifest is JSON");
+    let (_, manifest, okey, object) = manifest_and_object(prefix, &format!(".dump.{ext}"));
     assert_eq!(manifest["object_key"], okey.as_str());
-    let object = s3_get(&okey);
     assert_eq!(manifest["sha256"], sha256_hex(&object).as_str());
     assert_eq!(manifest["stored_bytes"].as_u64(), Some(object.len() as u64));
     (manifest, okey, object)
@@ -65,14 +53,12 @@ fn restores_exactly(pg: Pg, source_url: &str, archive: &[u8], manifest: &Value) 
     );
     let source = table_counts(pg, source_url);
     assert!(source.len() >= 20, "all LeafLock tables: {source:?}");
-    let restored = unique("restored");
-    let rurl = pg_restore_into(pg, archive, &restored);
+    let restored = pg_restore_into(pg, archive, &unique("restored"));
     assert_eq!(
-        table_counts(pg, &rurl),
+        table_counts(pg, &restored.url),
         source,
         "restored counts = source counts"
     );
-    drop_db(pg, &restored);
 }
 
 #[test]
@@ -80,7 +66,8 @@ fn parallel_gzip_backup_reads_with_system_gunzip_and_restores_exactly() {
     let pg = Pg::V15;
     let name = unique("pgzip");
     // Several MiB of dump: many chunks, so several threads and chunk edges are used.
-    let url = leaflock_db(pg, &name, 12);
+    let db = TestDb::leaflock(pg, &name, 12);
+    let url = db.url.clone();
     let prefix = unique("pgzip");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.env("PATH", pg.path_env())
@@ -107,14 +94,14 @@ fn parallel_gzip_backup_reads_with_system_gunzip_and_restores_exactly() {
         archive.len()
     );
     restores_exactly(pg, &url, &archive, &m);
-    drop_db(pg, &name);
 }
 
 #[test]
 fn zstd_backup_is_stored_as_dump_zst_and_restores_exactly() {
     let pg = Pg::V18;
     let name = unique("zstd");
-    let url = leaflock_db(pg, &name, 6);
+    let db = TestDb::leaflock(pg, &name, 6);
+    let url = db.url.clone();
     let prefix = unique("zstd");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.env("PATH", pg.path_env())
@@ -129,7 +116,6 @@ fn zstd_backup_is_stored_as_dump_zst_and_restores_exactly() {
     assert_eq!(&object[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
     let archive = filter("zstd", &["-d", "-c", "-q"], &object);
     restores_exactly(pg, &url, &archive, &m);
-    drop_db(pg, &name);
 }
 
 #[test]

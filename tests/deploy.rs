@@ -1499,7 +1499,8 @@ impl Prometheus {
 #[test]
 fn prometheus_scrapes_real_runs_and_alerts_and_dashboard_work_on_them() {
     let name = unique("promdeploy");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let schedule = s(&yaml("k8s/base/cronjob.yaml"), "spec.schedule").to_string();
     // A prefix per run: keys have one-second resolution, and two runs in the same
     // second would collide (the second refuses to overwrite).
@@ -1606,7 +1607,6 @@ fn prometheus_scrapes_real_runs_and_alerts_and_dashboard_work_on_them() {
         1.0,
     );
     drop(prom);
-    drop_db(Pg::V15, &name);
 }
 
 // ---------------------------------------------------------------------------

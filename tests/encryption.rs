@@ -29,7 +29,8 @@ fn keys(prefix: &str) -> (String, String) {
 #[test]
 fn recipients_encrypt_and_only_the_identity_reads_it_back() {
     let name = unique("age");
-    let url = leaflock_db(Pg::V15, &name, 2);
+    let db = TestDb::leaflock(Pg::V15, &name, 2);
+    let url = db.url.clone();
     let prefix = unique("age");
     let dir = tempfile::tempdir().unwrap();
     let (id_path, public) = identity_file(dir.path(), "id.txt");
@@ -86,29 +87,23 @@ fn recipients_encrypt_and_only_the_identity_reads_it_back() {
     assert!(none.stderr.contains("--identity"), "{}", none.stderr);
 
     // restore with the identity.
-    let target = unique("age_target");
-    psql(
-        Pg::V15,
-        &Pg::V15.admin_url(),
-        &format!("CREATE DATABASE \"{target}\""),
-    );
+    let target = TestDb::empty(Pg::V15, &unique("age_target"));
     let mut restore = s3_cmd("restore", &prefix);
     restore
-        .args(["--target-database-url", &Pg::V15.url(&target)])
+        .args(["--target-database-url", &target.url])
         .env("LEAFLOCK_BACKUP_AGE_IDENTITY_FILE", &id_path);
     run(restore).expect_code(0);
     assert_eq!(
-        table_counts(Pg::V15, &Pg::V15.url(&target)),
+        table_counts(Pg::V15, &target.url),
         table_counts(Pg::V15, &url)
     );
-    drop_db(Pg::V15, &target);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn the_old_jobs_passphrase_encrypts_with_age_scrypt() {
     let name = unique("agepass");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("agepass");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.env("BACKUP_ENCRYPTION_KEY", "the-old-jobs-secret");
@@ -126,13 +121,13 @@ fn the_old_jobs_passphrase_encrypts_with_age_scrypt() {
     let mut bad = s3_cmd("verify", &prefix);
     bad.env("BACKUP_ENCRYPTION_KEY", "not-it");
     run(bad).expect_code(1);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn encryption_fails_closed() {
     let name = unique("ageclosed");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("ageclosed");
     let dir = tempfile::tempdir().unwrap();
 
@@ -168,5 +163,4 @@ fn encryption_fails_closed() {
     let r = run(required);
     r.expect_code(1);
     assert!(r.stderr.contains("not encrypted"), "{}", r.stderr);
-    drop_db(Pg::V15, &name);
 }

@@ -28,20 +28,6 @@ fn stored(prefix: &str) -> (Vec<String>, Vec<String>) {
         .partition(|k| k.ends_with(".manifest.json"))
 }
 
-/// The state after a failed run: nothing at all under the prefix, no open upload.
-fn assert_clean(prefix: &str) {
-    assert_eq!(
-        s3_keys(&format!("{prefix}/")),
-        Vec::<String>::new(),
-        "no object, no manifest under {prefix}"
-    );
-    assert_eq!(
-        s3_open_uploads(&format!("{prefix}/")),
-        Vec::<String>::new(),
-        "no open multipart upload under {prefix}"
-    );
-}
-
 /// Either one verified backup (object + manifest, `verify` exits 0) or nothing.
 fn assert_backup_or_nothing(prefix: &str) -> bool {
     assert_eq!(
@@ -97,7 +83,8 @@ fn run_via(db_url: &str, prefix: &str, group: &str, proxy: &proxy::Proxy) -> Com
 #[test]
 fn transient_s3_faults_are_retried_with_backoff_and_the_backup_verifies() {
     let name = unique("s3transient");
-    let url = leaflock_db(Pg::V15, &name, 12);
+    let db = TestDb::leaflock(Pg::V15, &name, 12);
+    let url = db.url.clone();
     let prefix = unique("s3transient");
     // Every kind of request meets a transient fault first: starting the upload (500),
     // each part (a reset mid-body, then 503 SlowDown twice), completing (500), the
@@ -142,13 +129,13 @@ fn transient_s3_faults_are_retried_with_backoff_and_the_backup_verifies() {
         gaps.iter().sum::<u64>() < 20_000,
         "retries are quick: {gaps:?}"
     );
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn a_drill_record_that_cannot_be_written_fails_the_run_and_keeps_the_backup() {
     let name = unique("drillrecord");
-    let url = leaflock_db(Pg::V15, &name, 6);
+    let db = TestDb::leaflock(Pg::V15, &name, 6);
+    let url = db.url.clone();
     let prefix = unique("drillrecord");
     // The backup and its drill go through; every write of the drill record fails.
     let proxy = proxy::start(
@@ -180,13 +167,13 @@ fn a_drill_record_that_cannot_be_written_fails_the_run_and_keeps_the_backup() {
         Some(&1.0),
         "{m:?}"
     );
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn persistent_s3_faults_exit_1_leave_nothing_and_push_failure() {
     let name = unique("s3persist");
-    let url = leaflock_db(Pg::V15, &name, 8);
+    let db = TestDb::leaflock(Pg::V15, &name, 8);
+    let url = db.url.clone();
     // (fault, what the final error must say)
     let cases: [(&str, &str); 5] = [
         ("status=500,method=PUT,match=partNumber=", "InternalError"),
@@ -211,7 +198,7 @@ fn persistent_s3_faults_exit_1_leave_nothing_and_push_failure() {
             started.elapsed() < Duration::from_secs(60),
             "case {i} gave up in time"
         );
-        assert_clean(&prefix);
+        assert_nothing_left(&prefix);
         assert_eq!(pushed(&group), (0.0, 1.0), "case {i}");
         // 403 is not retried; the others were, three attempts each.
         let injected = proxy.log().lines().filter(|l| !l.ends_with("pass")).count();
@@ -221,13 +208,13 @@ fn persistent_s3_faults_exit_1_leave_nothing_and_push_failure() {
             assert!(injected >= 3, "{}", proxy.log());
         }
     }
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn s3_that_stops_accepting_connections_leaves_an_upload_the_next_run_aborts() {
     let name = unique("s3refuse");
-    let url = leaflock_db(Pg::V15, &name, 8);
+    let db = TestDb::leaflock(Pg::V15, &name, 8);
+    let url = db.url.clone();
     let prefix = unique("s3refuse");
     // The upload starts, then S3 becomes unreachable: not even the abort gets through.
     let proxy = proxy::start(
@@ -268,7 +255,6 @@ fn s3_that_stops_accepting_connections_leaves_an_upload_the_next_run_aborts() {
     );
     assert_eq!(s3_open_uploads(&format!("{prefix}/")), Vec::<String>::new());
     assert_eq!(pushed(&name), (2.0, 1.0));
-    drop_db(Pg::V15, &name);
 }
 
 // ---------------------------------------------------------------------------------
@@ -304,7 +290,8 @@ fn slow_spawn(url: &str, prefix: &str, group: &str, proxy: &proxy::Proxy) -> std
 #[test]
 fn sigterm_at_any_point_leaves_a_verified_backup_or_nothing() {
     let name = unique("sigterm_pts");
-    let url = leaflock_db(Pg::V15, &name, 20);
+    let db = TestDb::leaflock(Pg::V15, &name, 20);
+    let url = db.url.clone();
     let proxy = proxy::throttle(&s3_upstream(), 3_000_000);
     for at in kill_points() {
         let prefix = unique("sigterm_pts");
@@ -324,13 +311,13 @@ fn sigterm_at_any_point_leaves_a_verified_backup_or_nothing() {
             c => panic!("SIGTERM at {at} ms: exit {c}: {}", r.stderr),
         }
     }
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn after_sigkill_the_next_run_and_prune_remove_the_orphans() {
     let name = unique("sigkill_pts");
-    let url = leaflock_db(Pg::V15, &name, 20);
+    let db = TestDb::leaflock(Pg::V15, &name, 20);
+    let url = db.url.clone();
     let proxy = proxy::throttle(&s3_upstream(), 3_000_000);
     let prefix = unique("sigkill_pts");
     let mut orphans = 0;
@@ -404,7 +391,6 @@ fn after_sigkill_the_next_run_and_prune_remove_the_orphans() {
         r.stderr
     );
     assert_eq!(s3_open_uploads(&format!("{prefix}/")), Vec::<String>::new());
-    drop_db(Pg::V15, &name);
 }
 
 // ---------------------------------------------------------------------------------
@@ -579,7 +565,7 @@ fn postgres_restarted_mid_dump_fails_the_dump_cleanly() {
     r.expect_code(1);
     let msg = final_error(&r);
     assert!(msg.contains("dump: pg_dump exited"), "{msg}");
-    assert_clean(&prefix);
+    assert_nothing_left(&prefix);
     assert_eq!(pushed(&group), (0.0, 1.0));
     // The server is back and the next run works.
     let mut next = runner();
@@ -593,7 +579,8 @@ fn postgres_restarted_mid_dump_fails_the_dump_cleanly() {
 #[test]
 fn postgres_connection_cut_mid_dump_fails_the_dump_cleanly() {
     let name = unique("pgcut");
-    let url = leaflock_db(Pg::V15, &name, 40);
+    let db = TestDb::leaflock(Pg::V15, &name, 40);
+    let url = db.url.clone();
     let pg_addr = url.split('@').nth(1).unwrap().split('/').next().unwrap();
     let mut pgproxy = proxy::start(pg_addr, &["--tcp"]);
     let via = url.replace(pg_addr, &pgproxy.addr());
@@ -614,9 +601,8 @@ fn postgres_connection_cut_mid_dump_fails_the_dump_cleanly() {
     let msg = final_error(&r);
     assert!(msg.contains("dump: pg_dump exited"), "{msg}");
     assert!(!r.stderr.contains(&testbed().pg_password()));
-    assert_clean(&prefix);
+    assert_nothing_left(&prefix);
     assert_eq!(pushed(&name), (0.0, 1.0));
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
@@ -624,7 +610,8 @@ fn a_tiny_statement_timeout_on_the_database_does_not_break_backups() {
     // LeafLock may set statement_timeout for its role or database; pg_dump and
     // pg_restore opt out for their sessions, and so do the runner's row counts.
     let name = unique("stmt_timeout");
-    let url = leaflock_db(Pg::V15, &name, 2);
+    let db = TestDb::leaflock(Pg::V15, &name, 2);
+    let url = db.url.clone();
     psql(
         Pg::V15,
         &Pg::V15.admin_url(),
@@ -650,7 +637,6 @@ fn a_tiny_statement_timeout_on_the_database_does_not_break_backups() {
     let r = run(cmd);
     r.expect_code(0);
     assert!(assert_backup_or_nothing(&prefix));
-    drop_db(Pg::V15, &name);
 }
 
 /// A tmpfs of `size` mounted on a new directory, or `None` where mounting is not
@@ -712,7 +698,8 @@ fn drill_database_disk_full_fails_the_drill_keeps_the_backup_and_drops_the_scrat
         "ALTER DATABASE template0 SET TABLESPACE small",
     );
     let name = unique("diskfull");
-    let url = leaflock_db(Pg::V15, &name, 20);
+    let db = TestDb::leaflock(Pg::V15, &name, 20);
+    let url = db.url.clone();
     let prefix = unique("diskfull");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.args([
@@ -738,7 +725,6 @@ fn drill_database_disk_full_fails_the_drill_keeps_the_backup_and_drops_the_scrat
     assert_eq!(left, "0");
     let m = pushed_metrics(&name);
     assert_eq!(m.get(FAILURE), Some(&1.0), "{m:?}");
-    drop_db(Pg::V15, &name);
 }
 
 // ---------------------------------------------------------------------------------
@@ -766,7 +752,8 @@ fn local_disk_full_leaves_no_file_at_all() {
         return;
     };
     let name = unique("localfull");
-    let url = leaflock_db(Pg::V15, &name, 12);
+    let db = TestDb::leaflock(Pg::V15, &name, 12);
+    let url = db.url.clone();
     let mut cmd = runner();
     cmd.args(["run", "--database-url", &url])
         .arg("--local-dir")
@@ -781,7 +768,6 @@ fn local_disk_full_leaves_no_file_at_all() {
     assert!(msg.contains("No space left on device"), "{msg}");
     assert_eq!(files(fs.path()), Vec::<String>::new(), "nothing left");
     assert_eq!(pushed(&name), (0.0, 1.0));
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
@@ -790,7 +776,8 @@ fn read_only_local_directory_fails_before_dumping() {
         return;
     };
     let name = unique("localro");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let mut cmd = runner();
     cmd.args(["run", "--database-url", &url])
         .arg("--local-dir")
@@ -802,13 +789,13 @@ fn read_only_local_directory_fails_before_dumping() {
     assert!(msg.contains("Read-only file system"), "{msg}");
     assert!(r.line("pg_dump").is_none(), "no dump started: {}", r.stderr);
     assert_eq!(files(fs.path()), Vec::<String>::new());
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn local_partial_files_of_killed_runs_are_removed_after_the_grace_period() {
     let name = unique("localkill");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let day = dir.path().join("backups/2026/01/01");
     std::fs::create_dir_all(&day).unwrap();
@@ -834,7 +821,6 @@ fn local_partial_files_of_killed_runs_are_removed_after_the_grace_period() {
     assert!(!partial.exists() && !noman.exists(), "{}", r.stderr);
     assert!(legacy.exists(), "old-script archives are never debris");
     assert!(!files(dir.path()).iter().any(|f| f.contains(".partial")));
-    drop_db(Pg::V15, &name);
 }
 
 // ---------------------------------------------------------------------------------
@@ -862,7 +848,8 @@ fn manifests_in(dir: &Path) -> usize {
 #[test]
 fn pushgateway_slow_or_refusing_keeps_the_backup_and_counters_continue() {
     let name = unique("pgwfaults");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let group = unique("pgwfaults_group");
     let dir = tempfile::tempdir().unwrap();
     let pgw = testbed().pushgateway();
@@ -910,7 +897,6 @@ fn pushgateway_slow_or_refusing_keeps_the_backup_and_counters_continue() {
     local_run_with_pgw(&url, dir.path(), &pgw, &group).expect_code(0);
     let (ok, failed) = pushed(&group);
     assert_eq!((ok, failed), (2.0, 0.0), "continued from 1");
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
@@ -931,7 +917,8 @@ fn pushgateway_down_during_a_failed_backup_exits_1() {
 #[test]
 fn two_runs_started_together_one_completes_one_exits_3() {
     let name = unique("together");
-    let url = leaflock_db(Pg::V15, &name, 4);
+    let db = TestDb::leaflock(Pg::V15, &name, 4);
+    let url = db.url.clone();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let children: Vec<_> = dirs
         .iter()
@@ -962,7 +949,6 @@ fn two_runs_started_together_one_completes_one_exits_3() {
         assert_eq!(n, usize::from(r.code == 0), "{}", r.stderr);
         assert!(!files(d.path()).iter().any(|f| f.contains(".partial")));
     }
-    drop_db(Pg::V15, &name);
 }
 
 // ---------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ fn assert_every_duration_is_a_latency(r: &RunResult) {
 #[test]
 fn every_end_of_work_line_carries_latency_over_a_whole_run() {
     let name = unique("logs");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("logs");
 
     // A whole run: backup, drill, retention, metrics.
@@ -100,16 +101,11 @@ fn every_end_of_work_line_carries_latency_over_a_whole_run() {
     assert_every_duration_is_a_latency(&v);
     assert_end_of_work(ends(&v, "intact")[0]);
 
-    let target = unique("logs_target");
-    psql(
-        Pg::V15,
-        &Pg::V15.admin_url(),
-        &format!("CREATE DATABASE \"{target}\""),
-    );
+    let target = TestDb::empty(Pg::V15, &unique("logs_target"));
     let mut restore = s3_cmd("restore", &prefix);
     restore
         .arg("latest")
-        .args(["--target-database-url", &Pg::V15.url(&target), "--yes"]);
+        .args(["--target-database-url", &target.url, "--yes"]);
     let rs = run(restore);
     rs.expect_code(0);
     assert_every_duration_is_a_latency(&rs);
@@ -136,7 +132,4 @@ fn every_end_of_work_line_carries_latency_over_a_whole_run() {
         "{last}"
     );
     assert_end_of_work(last);
-
-    drop_db(Pg::V15, &target);
-    drop_db(Pg::V15, &name);
 }

@@ -263,7 +263,7 @@ fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
     let tb = testbed();
     let db = unique("pod");
     let t_db = Instant::now();
-    leaflock_db(Pg::V18, &db, size_mb);
+    let source = TestDb::leaflock(Pg::V18, &db, size_mb);
     let generated = t_db.elapsed();
     let prefix = format!("{}/", unique("pod"));
     let group = unique("pod_metrics");
@@ -390,7 +390,7 @@ fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
         out.log
     );
     drop(root);
-    drop_db(Pg::V18, &db);
+    source.drop_now();
     eprintln!(
         "pod test: {size_mb} MiB database generated in {:.1} s",
         generated.as_secs_f64()

@@ -130,7 +130,8 @@ struct Week {
 /// Seven real backups of a growing database, one per day for the past week.
 fn week_of_backups() -> Week {
     let db = unique("report");
-    let url = leaflock_db(Pg::V15, &db, 1);
+    let source = TestDb::leaflock(Pg::V15, &db, 1);
+    let url = source.url.clone();
     let prefix = unique("report");
     let today = chrono::Utc::now()
         .date_naive()
@@ -177,7 +178,6 @@ fn week_of_backups() -> Week {
     let m: Value =
         serde_json::from_slice(&s3_get(&keys[6].replace(".dump.gz", ".manifest.json"))).unwrap();
     let tables = m["tables"].as_array().unwrap().len();
-    drop_db(Pg::V15, &db);
     Week {
         prefix,
         db,
@@ -533,15 +533,16 @@ fn a_week_of_backups_renders_in_chromium_with_every_point_and_no_request() {
 fn what_the_bucket_says_stays_text() {
     // One real backup, its manifest and drill record then rewritten by a stranger.
     let db = unique("hostile");
-    let url = leaflock_db(Pg::V15, &db, 1);
+    let source = TestDb::leaflock(Pg::V15, &db, 1);
+    let url = source.url.clone();
     let prefix = unique("hostile");
     let mut cmd = s3_cmd("run", &prefix);
     cmd.env("LEAFLOCK_BACKUP_DATABASE_URL", &url);
     run(cmd).expect_code(0);
-    drop_db(Pg::V15, &db);
-    let mkey = s3_keys(&format!("{prefix}/"))
+    source.drop_now();
+    let mkey = keys_ending(&prefix, ".manifest.json")
         .into_iter()
-        .find(|k| k.ends_with(".manifest.json"))
+        .next()
         .unwrap();
     let mut m: Value = serde_json::from_slice(&s3_get(&mkey)).unwrap();
     let evil_table =

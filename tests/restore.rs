@@ -12,23 +12,6 @@ use std::process::Command;
 const DRILLS_OK: &str = "leaflock_restore_drills_total{status=\"success\"}";
 const DRILLS_FAILED: &str = "leaflock_restore_drills_total{status=\"failure\"}";
 
-fn keys_ending(prefix: &str, suffix: &str) -> Vec<String> {
-    s3_keys(&format!("{prefix}/"))
-        .into_iter()
-        .filter(|k| k.ends_with(suffix))
-        .collect()
-}
-
-fn one_key(prefix: &str, suffix: &str) -> String {
-    let k = keys_ending(prefix, suffix);
-    assert_eq!(k.len(), 1, "one {suffix} under {prefix}: {k:?}");
-    k[0].clone()
-}
-
-fn json(key: &str) -> Value {
-    serde_json::from_slice(&s3_get(key)).unwrap()
-}
-
 /// The scratch database of the run that printed `r` no longer exists.
 fn assert_no_scratch_left(pg: Pg, r: &RunResult) {
     let run_id = r.lines[0]["run_id"].as_str().expect("run_id").to_string();
@@ -41,7 +24,8 @@ fn assert_no_scratch_left(pg: Pg, r: &RunResult) {
 
 fn drill_passes(pg: Pg) {
     let name = unique("drillok");
-    let url = leaflock_db(pg, &name, 3);
+    let db = TestDb::leaflock(pg, &name, 3);
+    let url = db.url.clone();
     let prefix = unique("drillok");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.env("PATH", pg.path_env())
@@ -53,8 +37,8 @@ fn drill_passes(pg: Pg) {
     assert!(r.line("restore drill passed").is_some(), "{}", r.stderr);
     assert_no_scratch_left(pg, &r);
 
-    let rec = json(&one_key(&prefix, ".drill.json"));
-    let m = json(&one_key(&prefix, ".manifest.json"));
+    let rec = s3_json(&one_key(&prefix, ".drill.json"));
+    let m = s3_json(&one_key(&prefix, ".manifest.json"));
     assert_eq!(rec["passed"], true, "{rec}");
     assert_eq!(rec["object_key"], m["object_key"]);
     assert_eq!(rec["checks_run"], 2);
@@ -91,7 +75,6 @@ fn drill_passes(pg: Pg) {
         metrics.get("leaflock_backups_total{status=\"success\"}"),
         Some(&1.0)
     );
-    drop_db(pg, &name);
 }
 
 #[test]
@@ -107,7 +90,8 @@ fn drill_passes_on_pg18() {
 #[test]
 fn failing_drill_check_fails_the_run_but_keeps_the_backup() {
     let name = unique("drillcheck");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("drillcheck");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.args([
@@ -127,7 +111,7 @@ fn failing_drill_check_fails_the_run_but_keeps_the_backup() {
     // Kept, and marked drill-failed.
     one_key(&prefix, ".dump.gz");
     one_key(&prefix, ".manifest.json");
-    let rec = json(&one_key(&prefix, ".drill.json"));
+    let rec = s3_json(&one_key(&prefix, ".drill.json"));
     assert_eq!(rec["passed"], false);
     let m = pushed_metrics(&name);
     assert_eq!(
@@ -149,15 +133,14 @@ fn failing_drill_check_fails_the_run_but_keeps_the_backup() {
     let entries: Value = serde_json::from_str(&l.stdout).unwrap();
     assert_eq!(entries[0]["kind"], "backup");
     assert_eq!(entries[0]["drill"]["passed"], false);
-    drop_db(Pg::V15, &name);
 }
 
-/// A backup under `prefix` of a fresh database; returns (db name, url).
-fn stored_backup(prefix: &str) -> (String, String) {
+/// A backup under `prefix` of a fresh database, which it returns.
+fn stored_backup(prefix: &str) -> TestDb {
     let name = unique("stored");
-    let url = leaflock_db(Pg::V15, &name, 2);
-    run(s3_run(&url, prefix, &name)).expect_code(0);
-    (name, url)
+    let db = TestDb::leaflock(Pg::V15, &name, 2);
+    run(s3_run(&db.url, prefix, &name)).expect_code(0);
+    db
 }
 
 fn drill_cmd(prefix: &str, metrics_group: &str) -> Command {
@@ -171,7 +154,7 @@ fn drill_cmd(prefix: &str, metrics_group: &str) -> Command {
 #[test]
 fn drill_catches_a_flipped_byte_by_sha256() {
     let prefix = unique("flip");
-    let (name, _) = stored_backup(&prefix);
+    let _db = stored_backup(&prefix);
     let key = one_key(&prefix, ".dump.gz");
     let mut data = s3_get(&key);
     let mid = data.len() / 2;
@@ -183,7 +166,7 @@ fn drill_catches_a_flipped_byte_by_sha256() {
     r.expect_code(1);
     assert!(r.stderr.contains("sha256 mismatch"), "{}", r.stderr);
     assert_no_scratch_left(Pg::V15, &r);
-    let rec = json(&one_key(&prefix, ".drill.json"));
+    let rec = s3_json(&one_key(&prefix, ".drill.json"));
     assert_eq!(rec["passed"], false);
     assert!(rec["failures"][0]
         .as_str()
@@ -197,15 +180,14 @@ fn drill_catches_a_flipped_byte_by_sha256() {
     let v = run(s3_cmd("verify", &prefix));
     v.expect_code(1);
     assert!(v.stderr.contains("sha256 mismatch"), "{}", v.stderr);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn drill_catches_a_wrong_row_count_and_names_the_table() {
     let prefix = unique("rows");
-    let (name, _) = stored_backup(&prefix);
+    let _db = stored_backup(&prefix);
     let mkey = one_key(&prefix, ".manifest.json");
-    let mut m = json(&mkey);
+    let mut m = s3_json(&mkey);
     let notes = m["tables"]
         .as_array_mut()
         .unwrap()
@@ -224,13 +206,12 @@ fn drill_catches_a_wrong_row_count_and_names_the_table() {
     );
     assert!(r.stderr.contains(&expected), "{expected}\n{}", r.stderr);
     assert_no_scratch_left(Pg::V15, &r);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn verify_passes_intact_and_detects_truncation() {
     let prefix = unique("verify");
-    let (name, _) = stored_backup(&prefix);
+    let _db = stored_backup(&prefix);
     let ok = run(s3_cmd("verify", &prefix));
     ok.expect_code(0);
     assert!(ok.stdout.starts_with("OK "), "{}", ok.stdout);
@@ -248,26 +229,21 @@ fn verify_passes_intact_and_detects_truncation() {
     let mut unknown = s3_cmd("verify", &prefix);
     unknown.arg(format!("{prefix}/no/such/key.dump.gz"));
     run(unknown).expect_code(2);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn restore_refuses_a_non_empty_target_without_clean_and_replaces_with_it() {
     let prefix = unique("restore");
-    let (name, url) = stored_backup(&prefix);
+    let db = stored_backup(&prefix);
+    let url = db.url.clone();
     let source = table_counts(Pg::V15, &url);
 
     // An empty target: restored exactly.
-    let fresh = unique("restore_fresh");
-    psql(
-        Pg::V15,
-        &Pg::V15.admin_url(),
-        &format!("CREATE DATABASE \"{fresh}\""),
-    );
+    let fresh = TestDb::empty(Pg::V15, &unique("restore_fresh"));
     let mut cmd = s3_cmd("restore", &prefix);
-    cmd.args(["latest", "--target-database-url", &Pg::V15.url(&fresh)]);
+    cmd.args(["latest", "--target-database-url", &fresh.url]);
     run(cmd).expect_code(0);
-    assert_eq!(table_counts(Pg::V15, &Pg::V15.url(&fresh)), source);
+    assert_eq!(table_counts(Pg::V15, &fresh.url), source);
 
     // The source itself changed after the backup: refused without --clean ...
     psql(
@@ -300,14 +276,13 @@ fn restore_refuses_a_non_empty_target_without_clean_and_replaces_with_it() {
     c.expect_code(0);
     assert!(c.stderr.contains("spooling"), "{}", c.stderr);
     assert_eq!(table_counts(Pg::V15, &url), source);
-    drop_db(Pg::V15, &fresh);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn list_shows_backups_and_debris_newest_first() {
     let prefix = unique("list");
-    let (name, _) = stored_backup(&prefix);
+    let db = stored_backup(&prefix);
+    let name = db.name.clone();
     let debris = format!("{prefix}/2020/01/01/leaflock_backup_20200101T000000Z.dump.gz");
     s3_put(&debris, b"half an upload".to_vec());
     let stranger = format!("{prefix}/notes.txt");
@@ -352,7 +327,6 @@ fn list_shows_backups_and_debris_newest_first() {
     table.expect_code(0);
     assert!(table.stdout.contains("NO MANIFEST"), "{}", table.stdout);
     assert!(table.stdout.contains(&name), "{}", table.stdout);
-    drop_db(Pg::V15, &name);
 }
 
 /// An archive made exactly the way LeafLock's old script made them.
@@ -374,7 +348,8 @@ fn old_script_archive(pg: Pg, db_url: &str, password: &str) -> Vec<u8> {
 #[test]
 fn old_script_archives_are_listed_and_restored_into_the_named_database_only() {
     let name = unique("legacy");
-    let url = leaflock_db(Pg::V15, &name, 2);
+    let db = TestDb::leaflock(Pg::V15, &name, 2);
+    let url = db.url.clone();
     let source = table_counts(Pg::V15, &url);
     let password = "old-backup-key";
     let prefix = unique("legacy");
@@ -391,13 +366,8 @@ fn old_script_archives_are_listed_and_restored_into_the_named_database_only() {
     assert_eq!(entries[0]["kind"], "legacy");
     assert_eq!(entries[0]["time"], "2025-06-01T02:00:00Z");
 
-    let target = unique("legacy_target");
-    psql(
-        Pg::V15,
-        &Pg::V15.admin_url(),
-        &format!("CREATE DATABASE \"{target}\""),
-    );
-    let target_url = Pg::V15.url(&target);
+    let target = TestDb::empty(Pg::V15, &unique("legacy_target"));
+    let target_url = target.url.clone();
 
     // Without the key: a usage error naming where the key goes.
     let mut nokey = s3_cmd("restore", &prefix);
@@ -438,35 +408,22 @@ fn old_script_archives_are_listed_and_restored_into_the_named_database_only() {
     run(ok).expect_code(0);
     assert_eq!(table_counts(Pg::V15, &target_url), source);
     assert_eq!(table_counts(Pg::V15, &url), source);
-    drop_db(Pg::V15, &target);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn restore_of_a_corrupt_object_commits_nothing() {
     let prefix = unique("corrupt");
-    let (name, _) = stored_backup(&prefix);
+    let _db = stored_backup(&prefix);
     let key = one_key(&prefix, ".dump.gz");
     let mut data = s3_get(&key);
     let at = data.len() - 100; // late in the stream: pg_restore has already run most of it
     data[at] ^= 0x40;
     s3_put(&key, data);
-    let target = unique("corrupt_target");
-    psql(
-        Pg::V15,
-        &Pg::V15.admin_url(),
-        &format!("CREATE DATABASE \"{target}\""),
-    );
+    let target = TestDb::empty(Pg::V15, &unique("corrupt_target"));
     let mut cmd = s3_cmd("restore", &prefix);
-    cmd.args(["latest", "--target-database-url", &Pg::V15.url(&target)]);
+    cmd.args(["latest", "--target-database-url", &target.url]);
     let r = run(cmd);
     r.expect_code(1);
     assert!(r.stderr.contains("sha256 mismatch"), "{}", r.stderr);
-    assert_eq!(
-        table_counts(Pg::V15, &Pg::V15.url(&target)).len(),
-        0,
-        "rolled back"
-    );
-    drop_db(Pg::V15, &target);
-    drop_db(Pg::V15, &name);
+    assert_eq!(table_counts(Pg::V15, &target.url).len(), 0, "rolled back");
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 /// One real backup in a fresh directory: (manifest JSON, object bytes).
 fn real_backup() -> (Value, Vec<u8>) {
     let name = unique("retention");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = runner();
     cmd.args(["run", "--database-url", &url])
@@ -27,12 +28,10 @@ fn real_backup() -> (Value, Vec<u8>) {
         .iter()
         .find(|p| p.to_string_lossy().ends_with(".dump.gz"))
         .unwrap();
-    let out = (
+    (
         serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap(),
         std::fs::read(o).unwrap(),
-    );
-    drop_db(Pg::V15, &name);
-    out
+    )
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {

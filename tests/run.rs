@@ -14,24 +14,6 @@ use std::time::{Duration, Instant};
 const SUCCESS: &str = "leaflock_backups_total{status=\"success\"}";
 const FAILURE: &str = "leaflock_backups_total{status=\"failure\"}";
 
-fn manifest_and_object(prefix: &str) -> (String, Value, String, Vec<u8>) {
-    let keys = s3_keys(&format!("{prefix}/"));
-    assert_eq!(keys.len(), 2, "one object and one manifest: {keys:?}");
-    let mkey = keys
-        .iter()
-        .find(|k| k.ends_with(".manifest.json"))
-        .expect("a manifest")
-        .clone();
-    let okey = keys
-        .iter()
-        .find(|k| k.ends_with(".dump.gz"))
-        .expect("an object")
-        .clone();
-    let manifest: Value = serde_json::from_slice(&s3_get(&mkey)).expect("manifest is JSON");
-    let object = s3_get(&okey);
-    (mkey, manifest, okey, object)
-}
-
 fn manifest_counts(m: &Value) -> BTreeMap<String, i64> {
     m["tables"]
         .as_array()
@@ -53,14 +35,15 @@ fn manifest_counts(m: &Value) -> BTreeMap<String, i64> {
 /// The whole promise of `run`: a backup that restores to exactly what was counted.
 fn backup_restores_exactly(pg: Pg) {
     let name = unique("roundtrip");
-    let url = leaflock_db(pg, &name, 3);
+    let db = TestDb::leaflock(pg, &name, 3);
+    let url = db.url.clone();
     let prefix = unique("roundtrip");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.env("PATH", pg.path_env());
     let r = run(cmd);
     r.expect_code(0);
 
-    let (mkey, m, okey, object) = manifest_and_object(&prefix);
+    let (mkey, m, okey, object) = manifest_and_object(&prefix, ".dump.gz");
     assert!(okey.starts_with(&format!("{prefix}/")), "{okey}");
     assert_eq!(m["object_key"], okey.as_str());
     assert_eq!(m["sha256"], sha256_hex(&object).as_str());
@@ -94,10 +77,9 @@ fn backup_restores_exactly(pg: Pg) {
         "manifest counts = source counts"
     );
 
-    let restored = unique("restored");
-    let rurl = pg_restore_into(pg, &archive, &restored);
+    let restored = pg_restore_into(pg, &archive, &unique("restored"));
     assert_eq!(
-        table_counts(pg, &rurl),
+        table_counts(pg, &restored.url),
         source,
         "restored counts = source counts"
     );
@@ -118,9 +100,6 @@ fn backup_restores_exactly(pg: Pg) {
         !r.stderr.contains(&testbed().pg_password()),
         "password in the log"
     );
-
-    drop_db(pg, &restored);
-    drop_db(pg, &name);
 }
 
 #[test]
@@ -136,7 +115,8 @@ fn pg18_backup_to_s3_restores_with_identical_row_counts() {
 #[test]
 fn local_directory_backup_is_complete_and_leaves_no_temporary_file() {
     let name = unique("local");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = runner();
     cmd.args(["run", "--database-url", &url])
@@ -162,7 +142,6 @@ fn local_directory_backup_is_complete_and_leaves_no_temporary_file() {
     assert_eq!(m["compression"]["level"], 1);
     assert!(gunzip(&object).starts_with(b"PGDMP"));
     assert_eq!(manifest_counts(&m), table_counts(Pg::V15, &url));
-    drop_db(Pg::V15, &name);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
@@ -181,7 +160,8 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn metrics_accumulate_across_runs_three_successes_one_failure() {
     let name = unique("metrics");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("metrics");
     let group = unique("metrics_group");
     for _ in 0..3 {
@@ -226,14 +206,12 @@ fn metrics_accumulate_across_runs_three_successes_one_failure() {
         m["leaflock_backup_last_run_timestamp_seconds"]
             > m["leaflock_backup_last_success_timestamp_seconds"]
     );
-    let sizes: Vec<u64> = s3_keys(&format!("{prefix}/"))
+    let sizes: Vec<u64> = keys_ending(&prefix, ".dump.gz")
         .iter()
-        .filter(|k| k.ends_with(".dump.gz"))
         .map(|k| s3_get(k).len() as u64)
         .collect();
     assert_eq!(sizes.len(), 3);
     assert!(sizes.contains(&(m["leaflock_backup_size_bytes"] as u64)));
-    drop_db(Pg::V15, &name);
 }
 
 /// Start a run whose uploads crawl through a throttling proxy, so that it can be
@@ -248,17 +226,9 @@ fn slow_run(url: &str, prefix: &str, group: &str, proxy: &proxy::Proxy) -> std::
     cmd.spawn().expect("the binary starts")
 }
 
-fn assert_nothing_left(prefix: &str, group: &str) {
-    assert_eq!(
-        s3_keys(&format!("{prefix}/")),
-        Vec::<String>::new(),
-        "no object, no manifest"
-    );
-    assert_eq!(
-        s3_open_uploads(&format!("{prefix}/")),
-        Vec::<String>::new(),
-        "no open multipart upload"
-    );
+/// After a failed run: nothing left under `prefix`, and the failure pushed for `group`.
+fn assert_failed_cleanly(prefix: &str, group: &str) {
+    assert_nothing_left(prefix);
     let m = pushed_metrics(group);
     assert_eq!(m.get(FAILURE), Some(&1.0), "failure pushed: {m:?}");
     assert_eq!(m.get(SUCCESS), Some(&0.0), "{m:?}");
@@ -267,7 +237,8 @@ fn assert_nothing_left(prefix: &str, group: &str) {
 #[test]
 fn pg_dump_killed_mid_stream_leaves_nothing_and_pushes_failure() {
     let name = unique("killdump");
-    let url = leaflock_db(Pg::V15, &name, 80);
+    let db = TestDb::leaflock(Pg::V15, &name, 80);
+    let url = db.url.clone();
     let prefix = unique("killdump");
     let proxy = proxy::throttle(&proxy::host_port(&testbed().s3_endpoint()), 1_000_000);
     let child = slow_run(&url, &prefix, &name, &proxy);
@@ -290,14 +261,14 @@ fn pg_dump_killed_mid_stream_leaves_nothing_and_pushes_failure() {
         "{}",
         r.stderr
     );
-    assert_nothing_left(&prefix, &name);
-    drop_db(Pg::V15, &name);
+    assert_failed_cleanly(&prefix, &name);
 }
 
 #[test]
 fn sigterm_mid_upload_stops_pg_dump_aborts_and_exits_1_quickly() {
     let name = unique("sigterm");
-    let url = leaflock_db(Pg::V15, &name, 80);
+    let db = TestDb::leaflock(Pg::V15, &name, 80);
+    let url = db.url.clone();
     let prefix = unique("sigterm");
     let proxy = proxy::throttle(&proxy::host_port(&testbed().s3_endpoint()), 1_000_000);
     let child = slow_run(&url, &prefix, &name, &proxy);
@@ -336,14 +307,14 @@ fn sigterm_mid_upload_stops_pg_dump_aborts_and_exits_1_quickly() {
         !std::path::Path::new(&format!("/proc/{dump}")).exists(),
         "pg_dump was stopped"
     );
-    assert_nothing_left(&prefix, &name);
-    drop_db(Pg::V15, &name);
+    assert_failed_cleanly(&prefix, &name);
 }
 
 #[test]
 fn pushgateway_down_keeps_the_backup_and_warns() {
     let name = unique("pgwdown");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("pgwdown");
     let dead = format!("http://127.0.0.1:{}", closed_port());
     let mut cmd = s3_run(&url, &prefix, &name);
@@ -357,9 +328,8 @@ fn pushgateway_down_keeps_the_backup_and_warns() {
         .find(|l| l["level"] == "warn" && l["msg"].as_str().unwrap().contains(&dead))
         .unwrap_or_else(|| panic!("a warning naming the Pushgateway: {}", r.stderr));
     assert!(warn["msg"].as_str().unwrap().contains("Pushgateway"));
-    let (_, m, _, object) = manifest_and_object(&prefix);
+    let (_, m, _, object) = manifest_and_object(&prefix, ".dump.gz");
     assert_eq!(m["sha256"], sha256_hex(&object).as_str());
-    drop_db(Pg::V15, &name);
 }
 
 type BadInput<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
@@ -639,15 +609,10 @@ fn bad_configuration_exits_2_before_any_connection_naming_the_input() {
 
 #[test]
 fn pg_dump_older_than_the_server_exits_2_saying_which_version_is_needed() {
-    let name = unique("oldpgdump");
-    psql(
-        Pg::V18,
-        &Pg::V18.admin_url(),
-        &format!("CREATE DATABASE \"{name}\""),
-    );
+    let db = TestDb::empty(Pg::V18, &unique("oldpgdump"));
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = runner();
-    cmd.args(["run", "--database-url", &Pg::V18.url(&name)])
+    cmd.args(["run", "--database-url", &db.url])
         .arg("--local-dir")
         .arg(dir.path())
         .env("PATH", "/usr/bin:/bin");
@@ -659,7 +624,6 @@ fn pg_dump_older_than_the_server_exits_2_saying_which_version_is_needed() {
         r.stderr
     );
     assert!(walk(dir.path()).is_empty(), "nothing written");
-    drop_db(Pg::V18, &name);
 }
 
 #[test]
@@ -723,7 +687,8 @@ fn help_documents_every_flag_with_its_variable() {
 #[test]
 fn a_second_run_on_the_same_database_exits_3_naming_the_holder() {
     let name = unique("lock");
-    let url = leaflock_db(Pg::V15, &name, 80);
+    let db = TestDb::leaflock(Pg::V15, &name, 80);
+    let url = db.url.clone();
     let prefix = unique("lock");
     let proxy = proxy::throttle(&proxy::host_port(&testbed().s3_endpoint()), 1_000_000);
     let first = slow_run(&url, &prefix, &name, &proxy);
@@ -760,5 +725,4 @@ fn a_second_run_on_the_same_database_exits_3_naming_the_holder() {
         .arg("--local-dir")
         .arg(dir.path());
     run(third).expect_code(0);
-    drop_db(Pg::V15, &name);
 }

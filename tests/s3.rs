@@ -8,15 +8,6 @@ use base64::Engine;
 use common::*;
 use std::time::Duration;
 
-fn dump_key(prefix: &str) -> String {
-    let keys: Vec<String> = s3_keys(&format!("{prefix}/"))
-        .into_iter()
-        .filter(|k| k.ends_with(".dump.gz"))
-        .collect();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    keys[0].clone()
-}
-
 fn head(bucket: &str, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
     rt().block_on(async {
         s3().head_object()
@@ -32,12 +23,13 @@ fn head(bucket: &str, key: &str) -> aws_sdk_s3::operation::head_object::HeadObje
 #[test]
 fn parts_carry_sha256_checksums_and_objects_are_server_side_encrypted() {
     let name = unique("s3prot");
-    let url = leaflock_db(Pg::V15, &name, 60);
+    let db = TestDb::leaflock(Pg::V15, &name, 60);
+    let url = db.url.clone();
     let prefix = unique("s3prot");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.args(["--sse", "AES256", "--part-size", "5MiB"]);
     run(cmd).expect_code(0);
-    let h = head(&testbed().bucket(), &dump_key(&prefix));
+    let h = head(&testbed().bucket(), &one_key(&prefix, ".dump.gz"));
     let checksum = h
         .checksum_sha256()
         .expect("a SHA-256 checksum was sent with the parts");
@@ -50,13 +42,13 @@ fn parts_carry_sha256_checksums_and_objects_are_server_side_encrypted() {
         h.server_side_encryption(),
         Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
     );
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn objects_at_the_keys_of_the_same_second_are_never_overwritten() {
     let name = unique("nooverwrite");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("nooverwrite");
     // Occupy the keys of the next seconds, in the earlier layout and in this database's
     // keys (other runs of the same second): the run takes a key of its own and touches
@@ -92,13 +84,13 @@ fn objects_at_the_keys_of_the_same_second_are_never_overwritten() {
         assert_eq!(s3_get(k), b"somebody else's object", "{k} untouched");
     }
     assert_eq!(s3_open_uploads(&format!("{prefix}/")), Vec::<String>::new());
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn sse_c_objects_need_the_key_to_be_read() {
     let name = unique("ssec");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("ssec");
     let key: [u8; 32] = rand::random();
     let key = base64::engine::general_purpose::STANDARD.encode(key);
@@ -106,7 +98,7 @@ fn sse_c_objects_need_the_key_to_be_read() {
     cmd.env("LEAFLOCK_BACKUP_SSE_C_KEY", &key);
     run(cmd).expect_code(0);
 
-    let object = dump_key(&prefix);
+    let object = one_key(&prefix, ".dump.gz");
     let plain = rt().block_on(async {
         s3().get_object()
             .bucket(testbed().bucket())
@@ -134,7 +126,6 @@ fn sse_c_objects_need_the_key_to_be_read() {
     let r = run(bad);
     r.expect_code(2);
     assert!(r.stderr.contains("--sse-c-key"), "{}", r.stderr);
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
@@ -158,7 +149,8 @@ fn object_lock_retains_backups_for_the_configured_days() {
         }
     });
     let name = unique("objlock");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("objlock");
     let mut cmd = s3_run(&url, &prefix, &name);
     cmd.env(
@@ -202,5 +194,4 @@ fn object_lock_retains_backups_for_the_configured_days() {
             "{k}: {until} vs {expected}"
         );
     }
-    drop_db(Pg::V15, &name);
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 #[test]
 fn schedule_mode_runs_at_each_slot_and_stops_on_sigterm_between_runs() {
     let name = unique("schedule");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = runner();
     cmd.args([
@@ -91,7 +92,6 @@ fn schedule_mode_runs_at_each_slot_and_stops_on_sigterm_between_runs() {
         .map(|v| v["run_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
-    drop_db(Pg::V15, &name);
 }
 
 #[test]

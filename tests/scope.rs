@@ -119,7 +119,8 @@ fn redated(dir: &Path, key: &str, ts: &str) -> String {
 #[test]
 fn a_future_dated_manifest_is_an_anomaly_never_latest_never_a_reason_to_delete() {
     let name = unique("future");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let group = unique("future_group");
@@ -199,7 +200,6 @@ fn a_future_dated_manifest_is_an_anomaly_never_latest_never_a_reason_to_delete()
             "{policy:?}: {left:?}"
         );
     }
-    drop_db(Pg::V15, &name);
 }
 
 /// Two databases in one destination, backed up in the same second: keys apart,
@@ -207,8 +207,10 @@ fn a_future_dated_manifest_is_an_anomaly_never_latest_never_a_reason_to_delete()
 fn two_databases_in(dest: &dyn Fn(&mut Command), keys: &dyn Fn() -> Vec<String>) {
     let a = unique("share_a");
     let b = unique("share_b");
-    let url_a = leaflock_db(Pg::V15, &a, 1);
-    let url_b = leaflock_db(Pg::V15, &b, 1);
+    let a_db = TestDb::leaflock(Pg::V15, &a, 1);
+    let url_a = a_db.url.clone();
+    let b_db = TestDb::leaflock(Pg::V15, &b, 1);
+    let url_b = b_db.url.clone();
     let spawn = |url: &str, extra: &[&str]| {
         let mut cmd = runner();
         cmd.args(["run", "--database-url", url])
@@ -269,8 +271,6 @@ fn two_databases_in(dest: &dyn Fn(&mut Command), keys: &dyn Fn() -> Vec<String>)
         "{}",
         l.stdout
     );
-    drop_db(Pg::V15, &a);
-    drop_db(Pg::V15, &b);
 }
 
 #[test]
@@ -293,7 +293,8 @@ fn two_databases_share_a_bucket_and_a_directory_without_touching_each_other() {
 #[test]
 fn a_table_emptied_between_two_runs_makes_a_suspect_that_holds_retention_until_accepted() {
     let name = unique("suspect");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     psql(
         Pg::V15,
         &url,
@@ -365,15 +366,16 @@ fn a_table_emptied_between_two_runs_makes_a_suspect_that_holds_retention_until_a
         pushed_metrics(&group).get("leaflock_backup_suspect_backups"),
         Some(&0.0)
     );
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn prune_takes_the_run_lock_and_a_concurrent_sweep_leaves_a_live_upload_alone() {
     // A long backup of database x on PG15 ...
     let name = unique("live");
-    let url15 = leaflock_db(Pg::V15, &name, 20);
-    let url18 = leaflock_db(Pg::V18, &name, 1);
+    let db15 = TestDb::leaflock(Pg::V15, &name, 20);
+    let url15 = db15.url.clone();
+    let db18 = TestDb::leaflock(Pg::V18, &name, 1);
+    let url18 = db18.url.clone();
     let prefix = unique("live");
     let proxy = proxy::throttle(&proxy::host_port(&testbed().s3_endpoint()), 1_000_000);
     let mut slow = s3_run(&url15, &prefix, &unique("live_group"));
@@ -419,8 +421,6 @@ fn prune_takes_the_run_lock_and_a_concurrent_sweep_leaves_a_live_upload_alone() 
     let slow = RunResult::from_output(child.wait_with_output().unwrap());
     slow.expect_code(0);
     drop(proxy);
-    drop_db(Pg::V15, &name);
-    drop_db(Pg::V18, &name);
 }
 
 #[test]
@@ -453,7 +453,8 @@ fn prune_during_another_prune_exits_3() {
 #[test]
 fn retention_deletes_nothing_while_the_local_clock_disagrees_with_the_stores() {
     let name = unique("skew");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("skew");
     let group = unique("skew_group");
     let first = the_key(run(s3_run(&url, &prefix, &group)).expect_code(0));
@@ -526,14 +527,14 @@ fn retention_deletes_nothing_while_the_local_clock_disagrees_with_the_stores() {
     run(prune).expect_code(0);
     let keys = s3_keys(&format!("{prefix}/"));
     assert!(!keys.contains(&first) && keys.contains(&second), "{keys:?}");
-    drop_db(Pg::V15, &name);
 }
 
 #[test]
 fn a_manifest_that_cannot_be_read_is_listed_as_bad_and_never_deleted() {
     use base64::Engine;
     let name = unique("unreadable");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("unreadable");
     let group = unique("unreadable_group");
     let ssec = || base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
@@ -570,5 +571,4 @@ fn a_manifest_that_cannot_be_read_is_listed_as_bad_and_never_deleted() {
         keys.contains(&first.replace(".dump.gz", ".manifest.json")),
         "{keys:?}"
     );
-    drop_db(Pg::V15, &name);
 }

@@ -11,7 +11,8 @@ use common::*;
 #[test]
 fn pushgateway_over_http_works_without_a_system_ca_store() {
     let name = unique("noca");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let mut cmd = runner();
@@ -37,7 +38,6 @@ fn pushgateway_over_http_works_without_a_system_ca_store() {
         "pushed over http without any CA store: {m:?}\n{}",
         r.stderr
     );
-    drop_db(Pg::V15, &name);
 }
 
 /// The same host, with S3 over plain `http://`: the S3 client starts without a CA store
@@ -47,7 +47,8 @@ fn pushgateway_over_http_works_without_a_system_ca_store() {
 #[test]
 fn s3_over_http_works_without_a_system_ca_store() {
     let name = unique("noca_s3");
-    let url = leaflock_db(Pg::V15, &name, 1);
+    let db = TestDb::leaflock(Pg::V15, &name, 1);
+    let url = db.url.clone();
     let prefix = format!("{}/", unique("noca"));
     let empty = tempfile::tempdir().unwrap();
     let no_ca = |cmd: &mut std::process::Command| {
@@ -82,7 +83,6 @@ fn s3_over_http_works_without_a_system_ca_store() {
             r.stderr
         );
     }
-    drop_db(Pg::V15, &name);
 }
 
 /// An old-script archive of `sql`, made as the old script made them: gzip, then
@@ -152,9 +152,7 @@ fn hostile_old_archives_are_refused_and_change_nothing() {
     let role = format!("{id}_evil");
     let marker = std::env::temp_dir().join(format!("{id}-marker"));
     let m = marker.display().to_string();
-    for db in [&victim, &target] {
-        psql(pg, &pg.admin_url(), &format!("CREATE DATABASE \"{db}\""));
-    }
+    let _dbs = [&victim, &target].map(|db| TestDb::empty(pg, db));
     psql(
         pg,
         &pg.url(&victim),
@@ -322,9 +320,6 @@ fn hostile_old_archives_are_refused_and_change_nothing() {
         );
         assert_eq!(table_counts(pg, &target_url).len(), 2);
     }
-    for db in [&victim, &target] {
-        drop_db(pg, db);
-    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -352,7 +347,8 @@ fn env_recording_tools(pg: Pg, dir: &std::path::Path) {
 fn children_get_a_cleared_environment_without_secrets() {
     let pg = Pg::V15;
     let name = unique("childenv");
-    let url = leaflock_db(pg, &name, 1);
+    let db = TestDb::leaflock(pg, &name, 1);
+    let url = db.url.clone();
     let prefix = unique("childenv");
     let tools = tempfile::tempdir().unwrap();
     env_recording_tools(pg, tools.path());
@@ -419,7 +415,6 @@ fn children_get_a_cleared_environment_without_secrets() {
         seen.contains_key("pg_dump") && seen.contains_key("pg_restore"),
         "{seen:?}"
     );
-    drop_db(pg, &name);
 }
 
 /// Under umask 022 a local backup is still private: files 0600, directories 0700; a
@@ -431,7 +426,8 @@ fn local_backups_are_private_and_the_probe_follows_no_symlink() {
     use std::os::unix::process::CommandExt;
     let pg = Pg::V15;
     let name = unique("modes");
-    let url = leaflock_db(pg, &name, 1);
+    let db = TestDb::leaflock(pg, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "untouched").unwrap();
@@ -478,7 +474,6 @@ fn local_backups_are_private_and_the_probe_follows_no_symlink() {
         }
     }
     assert!(files >= 3, "object, manifest and drill record: {files}");
-    drop_db(pg, &name);
 }
 
 /// Every numeric flag at the edge of its type: a usage error (exit 2) or a plain
@@ -569,7 +564,8 @@ fn a_log_filter_without_a_level_is_refused() {
 fn no_secret_in_help_logs_errors_or_trace_output() {
     let pg = Pg::V15;
     let name = unique("redact");
-    let url = leaflock_db(pg, &name, 1);
+    let name_db = TestDb::leaflock(pg, &name, 1);
+    let url = name_db.url.clone();
     let prefix = unique("redact");
     let pw = "MARKERpgwPASS";
     let push = testbed()
@@ -673,7 +669,6 @@ fn no_secret_in_help_logs_errors_or_trace_output() {
             );
         }
     }
-    drop_db(pg, &name);
 }
 
 /// Secrets from files (`*_FILE`, a mounted Secret or a systemd credential), and a
@@ -682,7 +677,8 @@ fn no_secret_in_help_logs_errors_or_trace_output() {
 fn secrets_come_from_files_and_a_secret_flag_is_warned_about() {
     let pg = Pg::V15;
     let name = unique("secretfile");
-    let url = leaflock_db(pg, &name, 1);
+    let db = TestDb::leaflock(pg, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let url_file = dir.path().join("url");
@@ -734,7 +730,6 @@ fn secrets_come_from_files_and_a_secret_flag_is_warned_about() {
         "{}",
         r.stderr
     );
-    drop_db(pg, &name);
 }
 
 /// Destinations that cannot work, and settings that do nothing for the chosen one,
@@ -809,7 +804,8 @@ fn a_readable_identity_file_is_warned_about() {
     use std::os::unix::fs::PermissionsExt;
     let pg = Pg::V15;
     let name = unique("idmode");
-    let url = leaflock_db(pg, &name, 1);
+    let db = TestDb::leaflock(pg, &name, 1);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mut cmd = runner();
@@ -838,7 +834,6 @@ fn a_readable_identity_file_is_warned_about() {
             r.stderr
         );
     }
-    drop_db(pg, &name);
 }
 
 /// A throwaway PostgreSQL 15 with TLS on, its certificate self-signed (for

@@ -17,19 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn keys_ending(prefix: &str, suffix: &str) -> Vec<String> {
-    let mut k: Vec<String> = s3_keys(&format!("{prefix}/"))
-        .into_iter()
-        .filter(|k| k.ends_with(suffix))
-        .collect();
-    k.sort();
-    k
-}
-
-fn json(key: &str) -> Value {
-    serde_json::from_slice(&s3_get(key)).unwrap()
-}
-
 fn manifest_of(object_key: &str) -> String {
     format!(
         "{}.manifest.json",
@@ -58,9 +45,9 @@ fn role_exists(pg: Pg, role: &str) -> bool {
 /// A small database whose archive, when restored, runs `hostile_sql` (plpgsql
 /// statements) once per row loaded: a CHECK constraint calls a function whose body was
 /// replaced after the row went in, so the source itself never ran it.
-fn hostile_db(pg: Pg, name: &str, hostile_sql: &str) -> String {
-    psql(pg, &pg.admin_url(), &format!("CREATE DATABASE \"{name}\""));
-    let url = pg.url(name);
+fn hostile_db(pg: Pg, name: &str, hostile_sql: &str) -> TestDb {
+    let db = TestDb::empty(pg, name);
+    let url = db.url.clone();
     psql(
         pg,
         &url,
@@ -76,7 +63,7 @@ fn hostile_db(pg: Pg, name: &str, hostile_sql: &str) -> String {
              BEGIN {hostile_sql} RETURN true; END $body$;"
         ),
     );
-    url
+    db
 }
 
 /// Two runs in the same second would want the same key.
@@ -138,7 +125,8 @@ fn a_bad_signing_or_trusted_key_fails_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("backups");
     let name = unique("badkey");
-    let url = leaflock_db(Pg::V18, &name, 1);
+    let db = TestDb::leaflock(Pg::V18, &name, 1);
+    let url = db.url.clone();
     let junk = dir.path().join("junk.key");
     std::fs::write(
         &junk,
@@ -172,7 +160,6 @@ fn a_bad_signing_or_trusted_key_fails_before_any_work() {
     let mut cmd = s3_cmd("verify", &unique("allowlatest"));
     cmd.args(["--allow-unsigned", "latest"]);
     run(cmd).expect_code(2);
-    drop_db(Pg::V18, &name);
 }
 
 #[test]
@@ -185,7 +172,8 @@ fn a_planted_or_altered_backup_is_never_restored_and_signed_ones_round_trip() {
 
     // 1. The operator's signed backup, drilled in the same run.
     let name = unique("signedsrc");
-    let url = leaflock_db(pg, &name, 2);
+    let db = TestDb::leaflock(pg, &name, 2);
+    let url = db.url.clone();
     let mut cmd = s3_run(&url, &prefix, &group);
     cmd.env("PATH", pg.path_env())
         .arg("--restore-drill")
@@ -194,11 +182,11 @@ fn a_planted_or_altered_backup_is_never_restored_and_signed_ones_round_trip() {
     let r = run(cmd);
     r.expect_code(0);
     let signed_key = keys_ending(&prefix, ".dump.gz").pop().unwrap();
-    let m = json(&manifest_of(&signed_key));
+    let m = s3_json(&manifest_of(&signed_key));
     let fp_a = m["signature"]["key"].as_str().unwrap().to_string();
     assert_eq!(m["signature"]["algorithm"], "ed25519");
     assert_eq!(m["signature"]["public_key"], pub_a.as_str());
-    let rec = json(&format!(
+    let rec = s3_json(&format!(
         "{}.drill.json",
         &signed_key[..signed_key.find(".dump.").unwrap()]
     ));
@@ -216,7 +204,8 @@ fn a_planted_or_altered_backup_is_never_restored_and_signed_ones_round_trip() {
     next_second();
     let evil_role = unique("evil_role");
     let evil = unique("plantedsrc");
-    let evil_url = hostile_db(pg, &evil, &format!("EXECUTE 'CREATE ROLE {evil_role}';"));
+    let evil_db = hostile_db(pg, &evil, &format!("EXECUTE 'CREATE ROLE {evil_role}';"));
+    let evil_url = evil_db.url.clone();
     let mut cmd = s3_run(&evil_url, &prefix, &unique("attacker"));
     cmd.env("PATH", pg.path_env());
     run(cmd).expect_code(0);
@@ -232,7 +221,7 @@ fn a_planted_or_altered_backup_is_never_restored_and_signed_ones_round_trip() {
         1,
     );
     s3_put(&planted_key, s3_get(&made));
-    let mut planted = json(&manifest_of(&made));
+    let mut planted = s3_json(&manifest_of(&made));
     planted["object_key"] = planted_key.clone().into();
     planted["database"] = name.clone().into();
     s3_put(
@@ -339,11 +328,7 @@ fn a_planted_or_altered_backup_is_never_restored_and_signed_ones_round_trip() {
     );
 
     let target = unique("signedtarget");
-    psql(
-        pg,
-        &pg.admin_url(),
-        &format!("CREATE DATABASE \"{target}\""),
-    );
+    let _target_db = TestDb::empty(pg, &target);
     let mut restore = with_trust(s3_cmd("restore", &prefix), &trusted);
     restore
         .args(["--target-database-url", &pg.url(&target), "--yes"])
@@ -435,10 +420,6 @@ fn a_planted_or_altered_backup_is_never_restored_and_signed_ones_round_trip() {
     );
     cmd.arg(&signed_key);
     run(cmd).expect_code(0);
-
-    for db in [&name, &evil, &target] {
-        drop_db(pg, db);
-    }
 }
 
 #[test]
@@ -448,7 +429,8 @@ fn retention_never_deletes_a_signed_backup_on_the_word_of_unsigned_ones() {
     let local = dir.path().join("backups");
     let (key, public) = keygen(dir.path(), "k.key");
     let name = unique("retsigned");
-    let url = leaflock_db(pg, &name, 1);
+    let db = TestDb::leaflock(pg, &name, 1);
+    let url = db.url.clone();
     let backup = |signed: bool| {
         let mut cmd = runner();
         cmd.args(["run", "--database-url", &url])
@@ -517,7 +499,6 @@ fn retention_never_deletes_a_signed_backup_on_the_word_of_unsigned_ones() {
         "the signed backup would go: {}",
         r.stderr
     );
-    drop_db(pg, &name);
 }
 
 /// File names (relative paths) under `dir`.
@@ -562,7 +543,7 @@ fn a_non_superuser_drill_role_cannot_escape_its_scratch_database() {
 
     // A database the drill must not reach.
     let victim = unique("victim");
-    psql(pg, &admin, &format!("CREATE DATABASE \"{victim}\""));
+    let _victim_db = TestDb::empty(pg, &victim);
     psql(pg, &pg.url(&victim), "CREATE TABLE pwned (x int)");
 
     let new_role = unique("escaped_role");
@@ -596,8 +577,9 @@ fn a_non_superuser_drill_role_cannot_escape_its_scratch_database() {
     let mut made = Vec::new();
     for (what, sql, happened) in &attacks {
         let src = unique("hostile");
-        let src_url = hostile_db(pg, &src, sql);
-        made.push(src.clone());
+        let src_db = hostile_db(pg, &src, sql);
+        let src_url = src_db.url.clone();
+        made.push(src_db);
         let local = dir.path().join(&src);
         let mut cmd = runner();
         cmd.args(["run", "--database-url", &src_url])
@@ -650,9 +632,6 @@ fn a_non_superuser_drill_role_cannot_escape_its_scratch_database() {
     }
     psql(pg, &admin, &format!("DROP ROLE IF EXISTS {new_role}"));
     let _ = std::fs::remove_file(&marker);
-    for db in made.iter().chain([&victim]) {
-        drop_db(pg, db);
-    }
     // Scratch databases the drill role created are gone, so the role can go too.
     psql(pg, &admin, &format!("DROP ROLE {role}"));
 }
@@ -663,7 +642,8 @@ fn an_old_script_archive_is_restored_with_trusted_keys_only_when_named() {
     let dir = tempfile::tempdir().unwrap();
     let (_, public) = keygen(dir.path(), "k.key");
     let name = unique("legacysigned");
-    let url = leaflock_db(pg, &name, 1);
+    let db = TestDb::leaflock(pg, &name, 1);
+    let url = db.url.clone();
     let password = "old-backup-key";
     let prefix = unique("legacysigned");
     let key = format!("{prefix}/2025/06/01/leaflock_backup_20250601_020000.sql.gz.enc");
@@ -685,11 +665,7 @@ fn an_old_script_archive_is_restored_with_trusted_keys_only_when_named() {
         l.stdout
     );
     let target = unique("legacysigned_target");
-    psql(
-        pg,
-        &pg.admin_url(),
-        &format!("CREATE DATABASE \"{target}\""),
-    );
+    let _target_db = TestDb::empty(pg, &target);
     let restore = |allow: bool| {
         let mut cmd = with_trust(s3_cmd("restore", &prefix), &[&public]);
         cmd.args([
@@ -717,6 +693,4 @@ fn an_old_script_archive_is_restored_with_trusted_keys_only_when_named() {
         r.stderr
     );
     assert_eq!(table_counts(pg, &pg.url(&target)), table_counts(pg, &url));
-    drop_db(pg, &target);
-    drop_db(pg, &name);
 }

@@ -110,7 +110,8 @@ fn shipped_units_and_package_under_a_real_systemd() {
     // The source: a LeafLock-shaped database on PostgreSQL 18 (the root gets the
     // PostgreSQL 18 client, as postgresql-client-18 would install it).
     let db = unique("sysd");
-    let db_url = leaflock_db(Pg::V18, &db, 64);
+    let source = TestDb::leaflock(Pg::V18, &db, 64);
+    let db_url = source.url.clone();
     let prefix = format!("{}/", unique("systemd"));
     let group = unique("systemd_metrics");
 
@@ -410,7 +411,7 @@ fn shipped_units_and_package_under_a_real_systemd() {
     );
 
     drop(m);
-    drop_db(Pg::V18, &db);
+    source.drop_now();
     eprintln!(
         "systemd test: deb built in {:.1} s, booted in {:.1} s, whole test {:.1} s, stop took {:.1} s",
         built.as_secs_f64(),

@@ -11,6 +11,7 @@
 pub mod machine;
 pub mod proxy;
 
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -178,12 +179,78 @@ pub fn leaflock_db(pg: Pg, name: &str, size_mb: u32) -> String {
     pg.url(name)
 }
 
+/// Drop the database `name` now; panics if the server refuses.
 pub fn drop_db(pg: Pg, name: &str) {
-    let _ = psql(
-        pg,
-        &pg.admin_url(),
-        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-    );
+    psql(pg, &pg.admin_url(), &drop_sql(name));
+}
+
+fn drop_sql(name: &str) -> String {
+    format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
+}
+
+/// A database of the test bed that is dropped when the guard goes out of scope, also
+/// when the test fails first. The guard exists before the database does, so a
+/// database left half-made by a failing generator is dropped too.
+pub struct TestDb {
+    pub pg: Pg,
+    pub name: String,
+    /// URL of the database.
+    pub url: String,
+    psql: PathBuf,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// A guard for the database `name`, which something else creates (a restore, a
+    /// script, SQL run by the test): whatever bears that name at the end is dropped.
+    pub fn named(pg: Pg, name: &str) -> TestDb {
+        TestDb {
+            pg,
+            name: name.to_string(),
+            url: pg.url(name),
+            psql: pg.tool("psql"),
+            admin_url: pg.admin_url(),
+        }
+    }
+
+    /// A LeafLock-shaped database of about `size_mb` MiB (see [`leaflock_db`]).
+    pub fn leaflock(pg: Pg, name: &str, size_mb: u32) -> TestDb {
+        let db = TestDb::named(pg, name);
+        leaflock_db(pg, name, size_mb);
+        db
+    }
+
+    /// An empty database (`CREATE DATABASE`).
+    pub fn empty(pg: Pg, name: &str) -> TestDb {
+        let db = TestDb::named(pg, name);
+        psql(pg, &db.admin_url, &format!("CREATE DATABASE \"{name}\""));
+        db
+    }
+
+    /// Drop the database at this point of the test, where the test means it to go;
+    /// panics if the server refuses (unlike the drop at the end, which ignores errors).
+    pub fn drop_now(self) {
+        drop_db(self.pg, &self.name);
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Never panics: the test may already be unwinding.
+        let _ = Command::new(&self.psql)
+            .args([
+                "-X",
+                "-q",
+                "-d",
+                &self.admin_url,
+                "-c",
+                &drop_sql(&self.name),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Exact row count of every user table, as `schema.table -> rows`.
@@ -368,6 +435,58 @@ pub fn s3_keys(prefix: &str) -> Vec<String> {
     })
 }
 
+/// The keys under `prefix/` that end with `suffix`, in order.
+pub fn keys_ending(prefix: &str, suffix: &str) -> Vec<String> {
+    let mut k: Vec<String> = s3_keys(&format!("{prefix}/"))
+        .into_iter()
+        .filter(|k| k.ends_with(suffix))
+        .collect();
+    k.sort();
+    k
+}
+
+/// The one key under `prefix/` that ends with `suffix`; panics unless there is exactly one.
+pub fn one_key(prefix: &str, suffix: &str) -> String {
+    let k = keys_ending(prefix, suffix);
+    assert_eq!(k.len(), 1, "one {suffix} under {prefix}: {k:?}");
+    k[0].clone()
+}
+
+/// The only two keys under `prefix/`: the manifest and the object ending in
+/// `object_suffix`, with the manifest parsed and the object read.
+pub fn manifest_and_object(prefix: &str, object_suffix: &str) -> (String, Value, String, Vec<u8>) {
+    let keys = s3_keys(&format!("{prefix}/"));
+    assert_eq!(keys.len(), 2, "one object and one manifest: {keys:?}");
+    let mkey = keys
+        .iter()
+        .find(|k| k.ends_with(".manifest.json"))
+        .expect("a manifest")
+        .clone();
+    let okey = keys
+        .iter()
+        .find(|k| k.ends_with(object_suffix))
+        .unwrap_or_else(|| panic!("an object ending in {object_suffix}: {keys:?}"))
+        .clone();
+    let manifest: Value = serde_json::from_slice(&s3_get(&mkey)).expect("manifest is JSON");
+    let object = s3_get(&okey);
+    (mkey, manifest, okey, object)
+}
+
+/// The state after a failed run: nothing at all under `prefix/` (no object, no
+/// manifest) and no open multipart upload.
+pub fn assert_nothing_left(prefix: &str) {
+    assert_eq!(
+        s3_keys(&format!("{prefix}/")),
+        Vec::<String>::new(),
+        "no object, no manifest under {prefix}"
+    );
+    assert_eq!(
+        s3_open_uploads(&format!("{prefix}/")),
+        Vec::<String>::new(),
+        "no open multipart upload under {prefix}"
+    );
+}
+
 pub fn s3_get(key: &str) -> Vec<u8> {
     rt().block_on(async {
         s3().get_object()
@@ -382,6 +501,11 @@ pub fn s3_get(key: &str) -> Vec<u8> {
             .unwrap()
             .to_vec()
     })
+}
+
+/// The object at `key`, parsed as JSON.
+pub fn s3_json(key: &str) -> Value {
+    serde_json::from_slice(&s3_get(key)).unwrap()
 }
 
 pub fn s3_put(key: &str, data: Vec<u8>) {
@@ -493,9 +617,9 @@ pub fn gunzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// Restore a custom-format archive into a new database `name` with `pg_restore`.
-pub fn pg_restore_into(pg: Pg, archive: &[u8], name: &str) -> String {
-    psql(pg, &pg.admin_url(), &format!("CREATE DATABASE \"{name}\""));
-    let url = pg.url(name);
+pub fn pg_restore_into(pg: Pg, archive: &[u8], name: &str) -> TestDb {
+    let db = TestDb::empty(pg, name);
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dump.pgdump");
     std::fs::write(&file, archive).unwrap();
@@ -509,7 +633,7 @@ pub fn pg_restore_into(pg: Pg, archive: &[u8], name: &str) -> String {
         "pg_restore failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    url
+    db
 }
 
 /// Wait until `f` returns `Some`, polling every 50 ms, or panic after `timeout`.
