@@ -42,7 +42,9 @@ pub enum Kind {
         /// The drill record's signature.
         drill_seal: Option<Seal>,
     },
-    /// `leaflock_backup_YYYYmmdd_HHMMSS.sql.gz.enc` from LeafLock's old script.
+    /// `leaflock_backup_YYYYmmdd_HHMMSS.sql.gz.enc` from LeafLock's old script. Its JSON
+    /// name stays `legacy`, as `list --json` and `report --json` have always printed it.
+    #[serde(rename = "legacy")]
     OldScript,
     /// A manifest that cannot be read, does not parse, or contradicts its place.
     BadManifest { error: String },

@@ -66,6 +66,16 @@ pub fn parse_recipients(
     Ok(out)
 }
 
+/// scrypt's work factor (N = 2^16) for backups encrypted with a passphrase. age's
+/// default is calibrated to one second of this machine's CPU, and scrypt's memory is
+/// 1 KiB x N: 512 MiB on the machines here (N = 2^19), 1 GiB on a faster node, which a
+/// pod limited to 256 MiB cannot hold (it was OOM-killed before its first log line).
+/// 2^16 takes 64 MiB and about a tenth of a second, for every encryption and every
+/// decryption; the passphrase, LeafLock's BACKUP_ENCRYPTION_KEY, is a generated key, not
+/// a word someone remembers. Backups of earlier versions keep the work factor they were
+/// written with (age reads it from the header).
+pub const PASSPHRASE_WORK_FACTOR: u8 = 16;
+
 impl Encryption {
     /// What the manifest records: the scheme and public recipients, never a secret.
     pub fn info(&self) -> EncryptionInfo {
@@ -87,7 +97,12 @@ impl Encryption {
                 age::Encryptor::with_recipients(r.iter().map(|r| r as &dyn age::Recipient))
                     .map_err(|e| anyhow!("cannot set up age encryption: {e}"))
             }
-            Encryption::Passphrase(p) => Ok(age::Encryptor::with_user_passphrase(p.clone())),
+            Encryption::Passphrase(p) => {
+                let mut r = age::scrypt::Recipient::new(p.clone());
+                r.set_work_factor(PASSPHRASE_WORK_FACTOR);
+                age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+                    .map_err(|e| anyhow!("cannot set up age encryption: {e}"))
+            }
         }
     }
 
@@ -330,6 +345,18 @@ mod tests {
             .is_err());
         assert_eq!(enc.info().scheme, "age-scrypt");
         assert!(enc.info().recipients.is_empty());
+        // The work factor in the header is ours, not age's calibrated one (2^19 and
+        // 512 MiB of memory on the machines here, more than a pod's whole limit).
+        let header = String::from_utf8_lossy(&sealed[..sealed.len().min(200)]).to_string();
+        let stanza = header
+            .lines()
+            .find(|l| l.starts_with("-> scrypt "))
+            .unwrap_or_else(|| panic!("no scrypt stanza in {header:?}"));
+        assert_eq!(
+            stanza.rsplit(' ').next(),
+            Some(super::PASSPHRASE_WORK_FACTOR.to_string().as_str()),
+            "{stanza}"
+        );
     }
 
     #[test]

@@ -134,12 +134,26 @@ fn pod_of(cj: &Yaml, docs: &[Yaml], secret: &BTreeMap<String, String>) -> Pod {
     }
 }
 
+/// The binary the image ships: the release build (`cargo build --release`, as the
+/// Dockerfile builds it; `scripts/test.sh` builds it before the suite). A debug build
+/// is not what runs in a pod: its memory is not the pod's.
+fn release_bin() -> std::path::PathBuf {
+    let p = repo_root().join("target/release/leaflock-backup");
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo build --release --locked --bin leaflock-backup` first \
+         (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
 /// The image's layout in a private copy of the prepared root.
 fn image_root() -> RootCopy {
     let root = RootCopy::new("pod");
     root.install_pg18_client();
     std::fs::create_dir_all(root.at("usr/local/bin")).unwrap();
-    std::fs::copy(bin(), root.at("usr/local/bin/leaflock-backup")).unwrap();
+    std::fs::copy(release_bin(), root.at("usr/local/bin/leaflock-backup")).unwrap();
     // The image installs ca-certificates (the Dockerfile keeps them).
     std::fs::create_dir_all(root.at("etc/ssl/certs")).unwrap();
     std::fs::copy(
@@ -167,7 +181,13 @@ fn run_pod(root: &RootCopy, pod: &Pod, memory_limit: u64) -> Outcome {
     // writes them.
     for (path, content, mode) in &pod.files {
         use std::os::unix::fs::PermissionsExt;
-        let p = root.at(path);
+        // /var/run is a symbolic link to /run in the image (Debian): resolve it inside
+        // the root, never through the host's /run.
+        let path = match path.strip_prefix("/var/run/") {
+            Some(rest) => format!("/run/{rest}"),
+            None => path.clone(),
+        };
+        let p = root.at(&path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, content).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
@@ -208,7 +228,62 @@ fn run_pod(root: &RootCopy, pod: &Pod, memory_limit: u64) -> Outcome {
         .env("LEAFLOCK_BACKUP_LOG_FORMAT", "json")
         .envs(&pod.env)
         .stdin(Stdio::null());
+    // memory.stat sampled while the pod runs: the peak of the processes' own memory
+    // (rss) and of what else was charged (page cache, tmpfs), which the cgroup's single
+    // peak figure lumps together.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (cg, done) = (cg.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut peak = std::collections::BTreeMap::<String, u64>::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(stat) = std::fs::read_to_string(cg.join("memory.stat")) {
+                    for l in stat.lines() {
+                        if let Some((k, v)) = l.split_once(' ') {
+                            if ["total_rss", "total_cache", "total_shmem", "total_mapped_file"]
+                                .contains(&k)
+                            {
+                                let v: u64 = v.parse().unwrap_or(0);
+                                let e = peak.entry(k.to_string()).or_default();
+                                *e = (*e).max(v);
+                            }
+                        }
+                    }
+                }
+                // And each process's own resident set, by command name.
+                if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                    for pid in procs.lines() {
+                        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .unwrap_or_default();
+                        let field = |name: &str| {
+                            status
+                                .lines()
+                                .find_map(|l| l.strip_prefix(name))
+                                .map(|v| v.trim().to_string())
+                        };
+                        if let (Some(comm), Some(rss)) = (field("Name:"), field("VmRSS:")) {
+                            let kb: u64 = rss.trim_end_matches(" kB").trim().parse().unwrap_or(0);
+                            let e = peak.entry(format!("rss of {comm}")).or_default();
+                            *e = (*e).max(kb << 10);
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
     let (code, out, err) = sh_output(cmd.output().unwrap());
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sampled = sampler.join().unwrap();
+    eprintln!(
+        "pod memory peaks (MiB): {}",
+        sampled
+            .iter()
+            .map(|(k, v)| format!("{k} {:.0}", *v as f64 / (1 << 20) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let peak: u64 = std::fs::read_to_string(cg.join("memory.max_usage_in_bytes"))
         .unwrap()
         .trim()
