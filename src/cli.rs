@@ -854,6 +854,13 @@ pub struct MetricsArgs {
     #[arg(long, env = "LEAFLOCK_BACKUP_METRICS_DATABASE", value_name = "NAME")]
     pub metrics_database: Option<String>,
 
+    /// Also write the metrics, cumulative across runs, to this file for node_exporter's
+    /// textfile collector (e.g. /var/lib/node_exporter/textfile/leaflock_notes.prom; one
+    /// file per database), replaced atomically after every run. Works with or without a
+    /// Pushgateway.
+    #[arg(long, env = "LEAFLOCK_BACKUP_METRICS_TEXTFILE", value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+
     /// Seconds allowed for each Pushgateway request.
     #[arg(
         long,

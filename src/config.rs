@@ -52,6 +52,8 @@ pub struct RunConfig {
     /// Threads compressing (gzip workers, or libzstd's workers): at least 1.
     pub compress_threads: usize,
     pub metrics: Option<MetricsConfig>,
+    /// `--metrics-textfile` and the `database` label for it.
+    pub textfile: Option<(PathBuf, Option<String>)>,
     pub schedule: Option<Schedule>,
     /// Set when `--restore-drill` asks for a drill after the backup.
     pub drill: Option<DrillOptions>,
@@ -703,6 +705,31 @@ pub fn resolve_compress_threads(args: &DumpArgs) -> Result<usize> {
     }
 }
 
+/// `--metrics-textfile`: a file name in an existing directory, and its `database` label.
+pub fn resolve_textfile(args: &MetricsArgs) -> Result<Option<(PathBuf, Option<String>)>> {
+    let Some(p) = args
+        .metrics_textfile
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty())
+    else {
+        return Ok(None);
+    };
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if p.is_dir() || p.file_name().is_none() || !dir.is_dir() {
+        return usage(format!(
+            "--metrics-textfile / LEAFLOCK_BACKUP_METRICS_TEXTFILE: {} is not a file in an existing directory",
+            p.display()
+        ));
+    }
+    Ok(Some((
+        p.clone(),
+        args.metrics_database.clone().filter(|d| !d.is_empty()),
+    )))
+}
+
 pub fn resolve_metrics(args: &MetricsArgs) -> Result<Option<MetricsConfig>> {
     let Some(url) = args.pushgateway_url.as_deref().filter(|u| !u.is_empty()) else {
         return Ok(None);
@@ -1067,6 +1094,7 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
         compression: resolve_compression(&args.dump)?,
         compress_threads: resolve_compress_threads(&args.dump)?,
         metrics: resolve_metrics(&args.metrics)?,
+        textfile: resolve_textfile(&args.metrics)?,
         schedule: resolve_schedule(&args.schedule, env)?,
         trust: resolve_trust(&args.trust, None, signer.as_deref())?,
         signer,

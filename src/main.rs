@@ -38,6 +38,7 @@ mod signals;
 mod signing;
 mod sqlscript;
 mod storage;
+mod textfile;
 
 use clap::Parser;
 use std::time::Duration;

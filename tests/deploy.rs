@@ -1766,3 +1766,117 @@ fn readme_compose_service_is_valid_and_uses_the_image_as_shipped() {
         "docs/deployment.md gives the exposure score"
     );
 }
+
+// ---------------------------------------------------------------------------
+// node_exporter's textfile collector
+// ---------------------------------------------------------------------------
+
+/// Three runs with `--metrics-textfile` (no Pushgateway): the file holds counters of 3
+/// and a histogram count of 3, is replaced atomically (no temporary file left, a new
+/// inode each time), passes `promtool check metrics`, and the alert rules fire on its
+/// series unchanged once they carry the scrape's labels (job="node", instance).
+#[test]
+fn textfile_metrics_accumulate_atomically_and_the_alerts_work_on_them() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let db = TestDb::leaflock(Pg::V15, &unique("textfile"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leaflock_notes.prom");
+    let mut inodes = BTreeSet::new();
+    for _ in 0..3 {
+        let mut cmd = runner();
+        cmd.args([
+            "run",
+            "--database-url",
+            &db.url,
+            "--metrics-database",
+            "notes",
+        ])
+        .arg("--local-dir")
+        .arg(backups.path())
+        .arg("--metrics-textfile")
+        .arg(&file)
+        .env_remove("LEAFLOCK_BACKUP_PUSHGATEWAY_URL");
+        let r = run(cmd);
+        r.expect_code(0);
+        assert!(
+            r.line("metrics written for node_exporter's textfile collector")
+                .is_some(),
+            "{}",
+            r.stderr
+        );
+        inodes.insert(std::fs::metadata(&file).unwrap().ino());
+    }
+    assert_eq!(
+        inodes.len(),
+        3,
+        "replaced by a rename each run, never rewritten in place"
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, ["leaflock_notes.prom"], "no temporary file left");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "node_exporter can read it");
+    let text = std::fs::read_to_string(&file).unwrap();
+    for want in [
+        r#"leaflock_backups_total{database="notes",status="success"} 3"#,
+        r#"leaflock_backups_total{database="notes",status="failure"} 0"#,
+        r#"leaflock_backup_duration_seconds_count{database="notes"} 3"#,
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want} in:\n{text}");
+    }
+    let (code, out, err) = output(
+        Command::new(promtool())
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).unwrap()),
+    );
+    assert_eq!(code, 0, "promtool check metrics:\n{out}{err}");
+
+    // The file's series as node_exporter serves them (the scrape adds job and
+    // instance), times moved so the last run finished at 1 h: the missing-success alert
+    // fires 26 h after it, with the file's database label, and nothing says failed.
+    let mut last_run = 0.0;
+    let mut samples = Vec::new();
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = l.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap();
+        if series.starts_with("leaflock_backup_last_run_timestamp_seconds") {
+            last_run = value;
+        }
+        samples.push((series.to_string(), value));
+    }
+    assert!(last_run > 0.0, "{text}");
+    let mut series_yaml = String::new();
+    for (series, value) in &samples {
+        let value = if series.contains("_timestamp_seconds") {
+            value - last_run + 3600.0
+        } else {
+            *value
+        };
+        let with_scrape = series.replacen('{', r#"{job="node",instance="host:9100","#, 1);
+        series_yaml.push_str(&format!(
+            "      - series: '{with_scrape}'\n        values: '{value}x40'\n"
+        ));
+    }
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(path("monitoring/alerts.yml"), rules.join("alerts.yml")).unwrap();
+    std::fs::write(
+        rules.join("textfile.test.yml"),
+        format!(
+            "rule_files:\n  - alerts.yml\nevaluation_interval: 5m\ntests:\n  - interval: 1h\n    input_series:\n{series_yaml}    alert_rule_test:\n\
+             \x20     - eval_time: 26h\n        alertname: LeafLockBackupNoRecentSuccess\n        exp_alerts: []\n\
+             \x20     - eval_time: 28h\n        alertname: LeafLockBackupNoRecentSuccess\n        exp_alerts:\n\
+             \x20         - exp_labels: {{severity: critical, job: node, instance: 'host:9100', database: notes}}\n\
+             \x20           exp_annotations: {{summary: 'No successful LeafLock backup of notes for more than 26 h', description: 'The last successful backup finished more than 26 hours ago.'}}\n\
+             \x20     - eval_time: 28h\n        alertname: LeafLockBackupFailed\n        exp_alerts: []\n"
+        ),
+    )
+    .unwrap();
+    promtool_ok(&["test", "rules", "textfile.test.yml"], &rules);
+}

@@ -38,6 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "dump",
             "old_script",
             "metrics",
+            "textfile",
         ],
     ),
     (

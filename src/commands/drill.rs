@@ -23,6 +23,7 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
     let keys = resolve_keys(&args.keys, &process_env)?;
     let opts = resolve_drill(&args.drill, &database, keys, args.require_encryption)?;
     let metrics = resolve_metrics(&args.metrics)?;
+    let textfile = crate::config::resolve_textfile(&args.metrics)?;
     let signer = resolve_signing(&args.signing)?;
     let trust = resolve_trust(&args.trust, Some(&args.allow), signer.as_deref())?;
     let scope = resolve_scope(
@@ -47,17 +48,18 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
     trust.admit(&entry.key, &entry.trust(&trust), "drill")?;
     let mut rec = drill::drill(storage.as_ref(), manifest, &opts, &run_id, &cancel).await;
     crate::drill::record(storage.as_ref(), &mut rec, signer.as_deref()).await;
+    let outcome = DrillOutcome {
+        success: rec.passed,
+        finished_at: rec.finished_at,
+        duration_seconds: rec.duration_seconds,
+    };
     if let Some(m) = &metrics {
-        let label = m
-            .database_label
-            .clone()
-            .unwrap_or_else(|| manifest.database.clone());
-        let outcome = DrillOutcome {
-            success: rec.passed,
-            finished_at: rec.finished_at,
-            duration_seconds: rec.duration_seconds,
-        };
-        crate::metrics::push(m, &label, None, Some(&outcome), untrusted).await;
+        let label = m.database_label.as_ref().unwrap_or(&manifest.database);
+        crate::metrics::push(m, label, None, Some(&outcome), untrusted).await;
+    }
+    if let Some((path, label)) = &textfile {
+        let label = label.as_ref().unwrap_or(&manifest.database);
+        crate::textfile::write(path, label, None, Some(&outcome), untrusted);
     }
     if rec.passed {
         Ok(())

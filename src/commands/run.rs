@@ -19,6 +19,7 @@ use crate::metrics::{self, BackupOutcome, CatalogFigures, DrillOutcome};
 use crate::progress::human_bytes;
 use crate::retention;
 use crate::signals::Cancel;
+use crate::textfile;
 use anyhow::{anyhow, Context, Result};
 use chrono::Utc;
 use std::time::Instant;
@@ -94,11 +95,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
         Err(_) => (None, false),
     };
 
-    if let Some(mcfg) = &cfg.metrics {
-        let label = mcfg
-            .database_label
-            .clone()
-            .unwrap_or_else(|| cfg.database.conn.dbname.clone());
+    if cfg.metrics.is_some() || cfg.textfile.is_some() {
         let backup = BackupOutcome {
             success: result.is_ok() && !drill_failed,
             finished_at: finished,
@@ -114,7 +111,15 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
             duration_seconds: d.duration_seconds,
         });
         let untrusted = figures.and_then(|f| f.untrusted);
-        metrics::push(mcfg, &label, Some(&backup), drill.as_ref(), untrusted).await;
+        let dbname = &cfg.database.conn.dbname;
+        if let Some(mcfg) = &cfg.metrics {
+            let label = mcfg.database_label.as_ref().unwrap_or(dbname);
+            metrics::push(mcfg, label, Some(&backup), drill.as_ref(), untrusted).await;
+        }
+        if let Some((path, label)) = &cfg.textfile {
+            let label = label.as_ref().unwrap_or(dbname);
+            textfile::write(path, label, Some(&backup), drill.as_ref(), untrusted);
+        }
     }
 
     let summary = result?;
