@@ -104,6 +104,9 @@ pub struct RunArgs {
     pub upload: UploadArgs,
 
     #[command(flatten)]
+    pub notify: NotifyArgs,
+
+    #[command(flatten)]
     pub dump: DumpArgs,
 
     #[command(flatten)]
@@ -704,6 +707,43 @@ pub struct DestinationArgs {
         allow_negative_numbers = true
     )]
     pub s3_max_attempts: i64,
+}
+
+/// Notifications without Prometheus.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Notifications")]
+pub struct NotifyArgs {
+    /// POST one JSON object per event of a run (started, succeeded, failed, drill_failed,
+    /// suspect, retention_deleted) to URL, with the summary line's figures and no secret.
+    /// Repeatable; in the variable, separate URLs with commas.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_NOTIFY_URL",
+        value_name = "URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub notify_url: Vec<String>,
+
+    /// A healthchecks.io-style check: URL/start when a run starts, URL when it
+    /// succeeds, URL/fail (with the tail of the log as the body) when it fails; the
+    /// service alerts when the pings stop.
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_HEALTHCHECKS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub healthchecks_url: Option<String>,
+
+    /// Seconds allowed for each notification request (three attempts at most).
+    #[arg(
+        long,
+        env = "LEAFLOCK_BACKUP_NOTIFY_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    pub notify_timeout: u64,
 }
 
 /// How objects are written: only the commands that store backups (`run`, `schedule`)

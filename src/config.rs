@@ -52,6 +52,8 @@ pub struct RunConfig {
     /// Threads compressing (gzip workers, or libzstd's workers): at least 1.
     pub compress_threads: usize,
     pub metrics: Option<MetricsConfig>,
+    /// `--notify-url`, `--healthchecks-url`.
+    pub notify: crate::notify::NotifyConfig,
     /// `--metrics-textfile` and the `database` label for it.
     pub textfile: Option<(PathBuf, Option<String>)>,
     pub schedule: Option<Schedule>,
@@ -705,6 +707,36 @@ pub fn resolve_compress_threads(args: &DumpArgs) -> Result<usize> {
     }
 }
 
+/// `--notify-url`, `--healthchecks-url`: http(s) URLs.
+pub fn resolve_notify(args: &crate::cli::NotifyArgs) -> Result<crate::notify::NotifyConfig> {
+    let mut urls = Vec::new();
+    for u in args
+        .notify_url
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+    {
+        check_http_url(u, "--notify-url / LEAFLOCK_BACKUP_NOTIFY_URL")?;
+        urls.push(u.to_string());
+    }
+    let healthchecks = match args.healthchecks_url.as_deref().map(str::trim) {
+        Some(u) if !u.is_empty() => {
+            check_http_url(u, "--healthchecks-url / LEAFLOCK_BACKUP_HEALTHCHECKS_URL")?;
+            Some(u.to_string())
+        }
+        _ => None,
+    };
+    check_seconds(
+        args.notify_timeout,
+        "--notify-timeout / LEAFLOCK_BACKUP_NOTIFY_TIMEOUT",
+    )?;
+    Ok(crate::notify::NotifyConfig {
+        urls,
+        healthchecks,
+        timeout: Duration::from_secs(args.notify_timeout.max(1)),
+    })
+}
+
 /// `--metrics-textfile`: a file name in an existing directory, and its `database` label.
 pub fn resolve_textfile(args: &MetricsArgs) -> Result<Option<(PathBuf, Option<String>)>> {
     let Some(p) = args
@@ -1095,6 +1127,7 @@ pub fn resolve_run(args: &RunArgs, env: EnvLookup) -> Result<RunConfig> {
         compress_threads: resolve_compress_threads(&args.dump)?,
         metrics: resolve_metrics(&args.metrics)?,
         textfile: resolve_textfile(&args.metrics)?,
+        notify: resolve_notify(&args.notify)?,
         schedule: resolve_schedule(&args.schedule, env)?,
         trust: resolve_trust(&args.trust, None, signer.as_deref())?,
         signer,

@@ -22,9 +22,25 @@ use tracing_subscriber::EnvFilter;
 static RUN_ID: Mutex<Option<String>> = Mutex::new(None);
 static PROGRESS_BAR: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
 
+/// The last lines written (masked), for a failure notification's body.
+static TAIL: Mutex<std::collections::VecDeque<String>> =
+    Mutex::new(std::collections::VecDeque::new());
+const TAIL_LINES: usize = 40;
+
 /// Set at the start of each run (once per process, or once per slot in `schedule`).
 pub fn set_run_id(id: &str) {
     *RUN_ID.lock().unwrap() = Some(id.to_string());
+    TAIL.lock().unwrap().clear();
+}
+
+/// The current run id, if one is set.
+pub fn run_id() -> Option<String> {
+    RUN_ID.lock().unwrap().clone()
+}
+
+/// The last lines this run wrote (secrets masked, as printed), oldest first.
+pub fn tail() -> String {
+    TAIL.lock().unwrap().iter().map(String::as_str).collect()
 }
 
 /// Whether a progress line is drawn.
@@ -167,6 +183,13 @@ impl Drop for LineWriter {
             let _ = err.flush();
         };
         let line = masked(&self.0);
+        {
+            let mut tail = TAIL.lock().unwrap();
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(String::from_utf8_lossy(&line).into_owned());
+        }
         let bar = PROGRESS_BAR.lock().unwrap().clone();
         match bar {
             Some(bar) => bar.suspend(|| emit(&line)),

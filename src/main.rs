@@ -22,6 +22,7 @@ mod lock;
 mod logging;
 mod manifest;
 mod metrics;
+mod notify;
 mod old_script;
 mod pgtool;
 mod pipeline;

@@ -39,6 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "old_script",
             "metrics",
             "textfile",
+            "notify",
         ],
     ),
     (

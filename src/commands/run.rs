@@ -16,12 +16,14 @@ use crate::gate;
 use crate::lock;
 use crate::logging::{self, Terminal};
 use crate::metrics::{self, BackupOutcome, CatalogFigures, DrillOutcome};
+use crate::notify::{Notifier, Ping};
 use crate::progress::human_bytes;
 use crate::retention;
 use crate::signals::Cancel;
 use crate::textfile;
 use anyhow::{anyhow, Context, Result};
 use chrono::Utc;
+use serde_json::json;
 use std::time::Instant;
 
 pub async fn execute(args: &RunArgs, term: Terminal) -> Result<()> {
@@ -46,6 +48,10 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
         encryption = cfg.encryption.as_ref().map(|e| e.info().scheme),
         "starting backup"
     );
+    let notifier = Notifier::new(&cfg.notify);
+    let dbname = cfg.database.conn.dbname.clone();
+    notifier.ping(Ping::Start).await;
+    notifier.event("started", &dbname, json!({})).await;
 
     // One run at a time: a second run exits 3 at once, before touching anything or
     // pushing metrics (the holder's run is the one that counts). The guard lives until
@@ -91,7 +97,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
     // The regression gate, then retention: only after a verified success, never on
     // account of a suspect backup.
     let (figures, suspect) = match &result {
-        Ok(summary) => settle(cfg, summary, drill_failed).await,
+        Ok(summary) => settle(cfg, summary, drill_failed, &notifier).await,
         Err(_) => (None, false),
     };
 
@@ -122,6 +128,60 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
         }
     }
 
+    let outcome = conclude(result, drill.as_ref(), suspect, clock);
+    match &outcome {
+        Ok(summary) => {
+            notifier
+                .event(
+                    "succeeded",
+                    &dbname,
+                    json!({
+                        "key": summary.manifest.object_key,
+                        "stored_bytes": summary.stats.stored_bytes,
+                        "uncompressed_bytes": summary.stats.uncompressed_bytes,
+                        "duration_seconds": logging::seconds(clock),
+                        "restore_drill": drill.is_some(),
+                        "suspect": suspect,
+                    }),
+                )
+                .await;
+            notifier.ping(Ping::Success).await;
+        }
+        Err(e) => {
+            if let Some(d) = drill.as_ref().filter(|d| !d.passed) {
+                notifier
+                    .event(
+                        "drill_failed",
+                        &dbname,
+                        json!({"key": d.object_key, "failures": d.failures}),
+                    )
+                    .await;
+            }
+            notifier
+                .event(
+                    "failed",
+                    &dbname,
+                    json!({
+                        "error": format!("{e:#}"),
+                        "duration_seconds": logging::seconds(clock),
+                    }),
+                )
+                .await;
+            notifier
+                .ping(Ping::Fail(format!("{}error: {e:#}\n", logging::tail())))
+                .await;
+        }
+    }
+    outcome.map(|_| ())
+}
+
+/// The run's outcome from the backup's and the drill's, with its last log line.
+fn conclude(
+    result: Result<Summary>,
+    drill: Option<&crate::record::DrillRecord>,
+    suspect: bool,
+    clock: Instant,
+) -> Result<Summary> {
     let summary = result?;
     if suspect {
         tracing::warn!(
@@ -144,7 +204,7 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
                 if drill.is_some() { " and drilled" } else { "" },
                 clock.elapsed().as_secs_f64()
             );
-            Ok(())
+            Ok(summary)
         }
     }
 }
@@ -157,6 +217,7 @@ async fn settle(
     cfg: &RunConfig,
     summary: &Summary,
     drill_failed: bool,
+    notifier: &Notifier,
 ) -> (Option<CatalogFigures>, bool) {
     let storage = summary.storage.as_ref();
     let prefix = cfg.destination.prefix();
@@ -197,6 +258,17 @@ async fn settle(
     };
     if let Some(rec) = &suspect {
         figures.suspect += 1;
+        notifier
+            .event(
+                "suspect",
+                &summary.manifest.database,
+                json!({
+                    "key": rec.object_key,
+                    "reference": rec.reference_key,
+                    "findings": rec.findings,
+                }),
+            )
+            .await;
         tracing::error!(
             key = %rec.object_key,
             reference = %rec.reference_key,
@@ -221,14 +293,25 @@ async fn settle(
         )
         .await
         {
-            Ok(a) => tracing::info!(
-                kept = a.kept,
-                deleted = a.deleted,
-                duration_seconds = logging::seconds(started),
-                "retention applied: {} kept, {} deleted",
-                a.kept,
-                a.deleted
-            ),
+            Ok(a) => {
+                tracing::info!(
+                    kept = a.kept,
+                    deleted = a.deleted,
+                    duration_seconds = logging::seconds(started),
+                    "retention applied: {} kept, {} deleted",
+                    a.kept,
+                    a.deleted
+                );
+                if a.deleted > 0 {
+                    notifier
+                        .event(
+                            "retention_deleted",
+                            &summary.manifest.database,
+                            json!({"deleted": a.deleted, "kept": a.kept}),
+                        )
+                        .await;
+                }
+            }
             Err(e) => tracing::error!(
                 error = format!("{e:#}"),
                 duration_seconds = logging::seconds(started),

@@ -1,0 +1,220 @@
+//! Alerts without Prometheus: a notification receiver of the test's own (a small HTTP
+//! server on loopback) sees exactly the events of a success, a failure and a failed
+//! drill, and the healthchecks-style pings in order; a receiver that is down or never
+//! answers changes nothing about the backup.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request the receiver got: path and body.
+#[derive(Debug, Clone)]
+struct Got {
+    path: String,
+    body: String,
+}
+
+/// An HTTP server that records every request and answers 200 (or never answers).
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Receiver {
+    fn start(answer: bool) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if r.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    let _ = r.read_exact(&mut body);
+                    g.lock().unwrap().push(Got {
+                        path,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    });
+                    if answer {
+                        let mut s = stream;
+                        let _ = s.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOK",
+                        );
+                    } else {
+                        std::thread::sleep(Duration::from_secs(60));
+                    }
+                });
+            }
+        });
+        Receiver { port, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.path == "/hook")
+            .map(|g| serde_json::from_str(&g.body).unwrap())
+            .collect()
+    }
+
+    fn pings(&self) -> Vec<Got> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.path.starts_with("/ping"))
+            .cloned()
+            .collect()
+    }
+}
+
+fn names(events: &[serde_json::Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect()
+}
+
+fn notified_run(db_url: &str, dir: &std::path::Path, rx: &Receiver) -> std::process::Command {
+    let mut cmd = runner();
+    cmd.args(["run", "--database-url", db_url])
+        .arg("--local-dir")
+        .arg(dir)
+        .args(["--notify-url", &rx.url("/hook")])
+        .args(["--healthchecks-url", &rx.url("/ping/3f1c")])
+        .env_remove("LEAFLOCK_BACKUP_PUSHGATEWAY_URL");
+    cmd
+}
+
+#[test]
+fn success_failure_and_a_failed_drill_send_exactly_their_events_and_pings() {
+    let db = TestDb::leaflock(Pg::V15, &unique("notify"), 1);
+    let dir = tempfile::tempdir().unwrap();
+
+    // A success.
+    let rx = Receiver::start(true);
+    run(notified_run(&db.url, dir.path(), &rx)).expect_code(0);
+    let ev = rx.events();
+    assert_eq!(names(&ev), ["started", "succeeded"], "{ev:?}");
+    let done = &ev[1];
+    assert_eq!(done["database"], db.name.as_str());
+    assert!(done["stored_bytes"].as_u64().unwrap() > 0, "{done}");
+    assert!(
+        done["key"].as_str().unwrap().ends_with(".dump.gz"),
+        "{done}"
+    );
+    assert_eq!(done["run_id"], ev[0]["run_id"]);
+    let pings: Vec<String> = rx.pings().into_iter().map(|p| p.path).collect();
+    assert_eq!(pings, ["/ping/3f1c/start", "/ping/3f1c"]);
+
+    // A failure: the database refuses the connection.
+    let rx = Receiver::start(true);
+    let dead = format!(
+        "postgresql://postgres:MARKERpw@127.0.0.1:{}/nothing?sslmode=disable",
+        closed_port()
+    );
+    run(notified_run(&dead, dir.path(), &rx)).expect_code(1);
+    let ev = rx.events();
+    assert_eq!(names(&ev), ["started", "failed"], "{ev:?}");
+    assert!(
+        ev[1]["error"].as_str().unwrap().contains("database"),
+        "{}",
+        ev[1]
+    );
+    let pings = rx.pings();
+    assert_eq!(
+        pings.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(),
+        ["/ping/3f1c/start", "/ping/3f1c/fail"]
+    );
+    assert!(
+        pings[1].body.contains("error: "),
+        "the log's tail: {}",
+        pings[1].body
+    );
+    for g in rx.got.lock().unwrap().iter() {
+        assert!(
+            !g.body.contains("MARKERpw"),
+            "a secret in a notification: {}",
+            g.body
+        );
+    }
+
+    // A failed drill: the backup is kept, the run fails.
+    let rx = Receiver::start(true);
+    let mut cmd = notified_run(&db.url, dir.path(), &rx);
+    cmd.args(["--restore-drill", "--drill-check", "SELECT false"]);
+    run(cmd).expect_code(1);
+    let ev = rx.events();
+    assert_eq!(names(&ev), ["started", "drill_failed", "failed"], "{ev:?}");
+    assert!(
+        ev[1]["failures"].as_array().is_some_and(|f| !f.is_empty()),
+        "{}",
+        ev[1]
+    );
+}
+
+#[test]
+fn a_receiver_that_is_down_or_never_answers_changes_nothing() {
+    let db = TestDb::leaflock(Pg::V15, &unique("notify_down"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let down = format!("http://127.0.0.1:{}/hook", closed_port());
+    let mut cmd = runner();
+    cmd.args(["run", "--database-url", &db.url])
+        .arg("--local-dir")
+        .arg(dir.path())
+        .args(["--notify-url", &down, "--healthchecks-url", &down])
+        .env_remove("LEAFLOCK_BACKUP_PUSHGATEWAY_URL");
+    let r = run(cmd);
+    r.expect_code(0);
+    assert!(
+        r.stderr.contains("could not send the started notification"),
+        "{}",
+        r.stderr
+    );
+
+    // Accepts, never answers: every request ends at its timeout, three attempts each.
+    let slow = Receiver::start(false);
+    let mut cmd = runner();
+    cmd.args(["run", "--database-url", &db.url])
+        .arg("--local-dir")
+        .arg(dir.path())
+        .args(["--notify-url", &slow.url("/hook"), "--notify-timeout", "1"])
+        .env_remove("LEAFLOCK_BACKUP_PUSHGATEWAY_URL");
+    let t = Instant::now();
+    let r = run(cmd);
+    r.expect_code(0);
+    // Two events (started, succeeded) x (3 attempts of 1 s + 1.5 s of backoff) = 9 s.
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(slow.events().len(), 6, "three attempts of each event");
+}
