@@ -789,6 +789,12 @@ pub struct UploadArgs {
     #[arg(long, env = "LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS", value_name = "DAYS")]
     pub object_lock_days: Option<u32>,
 
+    /// Keep an object whose requested protection (--sse, --sse-kms-key-id, --sse-c-key,
+    /// --object-lock-days) the store did not apply, with a warning. Without it such a run
+    /// fails and the object is removed: every protection is read back after the upload.
+    #[arg(long, env = "LEAFLOCK_BACKUP_ALLOW_UNAPPLIED_PROTECTION")]
+    pub allow_unapplied_protection: bool,
+
     /// Object Lock mode: governance (privileged users may lift it) or compliance (nobody can).
     #[arg(
         long,

@@ -648,6 +648,7 @@ pub fn resolve_destination(
         storage_class,
         part_size,
         parts_in_flight,
+        allow_unapplied_protection: upload.is_some_and(|u| u.allow_unapplied_protection),
         max_attempts: args.s3_max_attempts as u32,
     }))
 }

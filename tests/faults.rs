@@ -976,3 +976,78 @@ fn short_soak_through_random_transient_faults() {
     assert_eq!(summary["open_uploads"], 0);
     assert_eq!(summary["debris"], 0);
 }
+
+// ---------------------------------------------------------------------------------
+// A store that ignores a protection
+// ---------------------------------------------------------------------------------
+
+/// A store that answers 200 to a PUT asking for SSE or Object Lock but applies neither
+/// (Garage does: its HEAD carries no encryption or retention header), emulated by
+/// stripping those headers from the HEAD answers: the run fails (exit 1) naming what
+/// was not applied, and leaves no object; with `--allow-unapplied-protection` it is
+/// stored with a warning. The real store's HEAD, unstripped, passes the same check.
+#[test]
+fn a_protection_the_store_does_not_apply_fails_the_run_and_leaves_nothing() {
+    let name = unique("unapplied");
+    let db = TestDb::leaflock(Pg::V15, &name, 2);
+    for (strip, flags, what) in [
+        (
+            "x-amz-server-side-encryption",
+            vec!["--sse", "AES256"],
+            "the store did not apply SSE-S3",
+        ),
+        (
+            "x-amz-object-lock",
+            vec!["--object-lock-days", "1"],
+            "the store did not apply Object Lock",
+        ),
+    ] {
+        let fault = format!("strip={strip},method=HEAD");
+        let proxy = proxy::start(&s3_upstream(), &["--fault", &fault]);
+        let prefix = unique("unapplied");
+        let mut cmd = run_via(&db.url, &prefix, &name, &proxy);
+        cmd.args(&flags);
+        if strip == "x-amz-object-lock" {
+            cmd.env(
+                "LEAFLOCK_BACKUP_S3_BUCKET",
+                format!("s3://{}/{prefix}", object_lock_bucket()),
+            );
+        }
+        let r = run(cmd);
+        r.expect_code(1);
+        assert!(r.stderr.contains(what), "{what}:\n{}", r.stderr);
+        let bucket_prefix = if strip == "x-amz-object-lock" {
+            None
+        } else {
+            Some(prefix.clone())
+        };
+        if let Some(p) = bucket_prefix {
+            assert_nothing_left(&p);
+        }
+
+        // Allowed: stored, with the warning.
+        let prefix2 = unique("unapplied_ok");
+        let mut cmd = run_via(&db.url, &prefix2, &name, &proxy);
+        cmd.args(&flags).arg("--allow-unapplied-protection");
+        if strip == "x-amz-object-lock" {
+            cmd.env(
+                "LEAFLOCK_BACKUP_S3_BUCKET",
+                format!("s3://{}/{prefix2}", object_lock_bucket()),
+            );
+        }
+        let r = run(cmd);
+        r.expect_code(0);
+        assert!(r.stderr.contains(what), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("--allow-unapplied-protection says"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    // Through the store itself, the same request is applied and read back: success.
+    let prefix = unique("applied");
+    let mut cmd = s3_run(&db.url, &prefix, &name);
+    cmd.args(["--sse", "AES256"]);
+    run(cmd).expect_code(0);
+}

@@ -130,24 +130,7 @@ fn sse_c_objects_need_the_key_to_be_read() {
 
 #[test]
 fn object_lock_retains_backups_for_the_configured_days() {
-    let bucket = "leaflock-test-lock";
-    rt().block_on(async {
-        let r = s3()
-            .create_bucket()
-            .bucket(bucket)
-            .object_lock_enabled_for_bucket(true)
-            .send()
-            .await;
-        if let Err(e) = r {
-            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e)
-                .unwrap_or("")
-                .to_string();
-            assert!(
-                code.starts_with("BucketAlready"),
-                "create the lock bucket: {e:?}"
-            );
-        }
-    });
+    let bucket = object_lock_bucket();
     let name = unique("objlock");
     let db = TestDb::leaflock(Pg::V15, &name, 1);
     let url = db.url.clone();

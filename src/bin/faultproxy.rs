@@ -17,6 +17,9 @@
 //! reset[,bytes=N]              read N body bytes (default: half) then reset (RST)
 //! refuse                       stop accepting connections from then on
 //! delay=MS                     hold the request MS milliseconds, then forward it
+//! strip=PREFIX                 forward it, and drop the response headers whose names
+//!                              start with PREFIX (a store that ignores a protection:
+//!                              strip=x-amz-server-side-encryption, strip=x-amz-object-lock)
 //! ...,match=TEXT               only requests whose "METHOD /path?query" contains TEXT
 //! ...,method=PUT               only requests with this method
 //! ...,first=N                  only the first N selected requests
@@ -71,6 +74,7 @@ enum Action {
     Reset(Option<u64>),
     Refuse,
     Delay(u64),
+    Strip(String),
 }
 
 #[derive(Debug)]
@@ -119,6 +123,7 @@ fn parse_rule(spec: &str) -> Result<Rule, String> {
             "reset" => action = Some(Action::Reset(None)),
             "refuse" => action = Some(Action::Refuse),
             "delay" => action = Some(Action::Delay(num(v)?)),
+            "strip" => action = Some(Action::Strip(v.to_ascii_lowercase())),
             "code" => code = Some(v.to_string()),
             "bytes" => bytes = Some(num(v)?),
             "match" => rule.matches = Some(v.to_string()),
@@ -137,7 +142,7 @@ fn parse_rule(spec: &str) -> Result<Rule, String> {
         }
     }
     rule.action = match action.ok_or(format!(
-        "{spec:?}: no action (status, reset, refuse, delay)"
+        "{spec:?}: no action (status, reset, refuse, delay, strip)"
     ))? {
         Action::Status(s, _) => {
             Action::Status(s, code.unwrap_or_else(|| default_code(s).to_string()))
@@ -385,6 +390,7 @@ async fn http_conn(st: Arc<State>, n: u64, mut client: TcpStream) {
     if st.args.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(st.args.latency_ms)).await;
     }
+    let mut strip = None;
     match st.decide(&line) {
         Some(Action::Status(status, code)) => {
             drain(&mut client, head.content_length, head.rest.len()).await;
@@ -417,6 +423,10 @@ async fn http_conn(st: Arc<State>, n: u64, mut client: TcpStream) {
             st.log(n, &format!("{line} -> delayed {ms} ms"));
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        Some(Action::Strip(prefix)) => {
+            st.log(n, &format!("{line} -> response headers {prefix}* stripped"));
+            strip = Some(prefix);
+        }
         None => st.log(n, &format!("{line} -> pass")),
     }
     let Ok(server) = TcpStream::connect(&st.args.upstream).await else {
@@ -430,8 +440,34 @@ async fn http_conn(st: Arc<State>, n: u64, mut client: TcpStream) {
         return;
     }
     let up = tokio::spawn(copy_throttled(cr, sw, st.args.throttle, head.rest));
+    let (mut sr, mut cw) = (sr, cw);
+    let mut rest = Vec::new();
+    if let Some(prefix) = strip {
+        // Read the response head, drop the headers, pass the rest on unchanged.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            match sr.read(&mut chunk).await {
+                Ok(0) | Err(_) => break None,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break Some(i + 4);
+            }
+        };
+        let Some(end) = end else { return };
+        let head_text = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let kept: String = head_text
+            .split_inclusive("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with(&prefix))
+            .collect();
+        if cw.write_all(kept.as_bytes()).await.is_err() {
+            return;
+        }
+        rest = buf[end..].to_vec();
+    }
     // The server closes after its answer (Connection: close); then so do we.
-    copy_throttled(sr, cw, None, Vec::new()).await;
+    copy_throttled(sr, cw, None, rest).await;
     up.abort();
 }
 

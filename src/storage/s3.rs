@@ -42,6 +42,8 @@ pub struct S3Config {
     pub sse: Option<Sse>,
     /// Object Lock: (mode, days).
     pub object_lock: Option<(LockMode, u32)>,
+    /// A requested protection the store does not apply is a warning, not a failure.
+    pub allow_unapplied_protection: bool,
 }
 
 /// Server-side encryption of stored objects.
@@ -78,6 +80,97 @@ pub struct S3Storage {
 struct Protect {
     sse: Option<Sse>,
     lock: Option<(LockMode, u32)>,
+    /// `--allow-unapplied-protection`: a protection the store ignores is a warning.
+    allow_unapplied: bool,
+}
+
+/// Read back by HEAD what the store applied to `key`: every protection asked for must
+/// be there (a store that ignores `x-amz-server-side-encryption` or Object Lock
+/// answers the PUT with 200 all the same). `Ok` when everything asked for is applied,
+/// or when the operator allowed it not to be (then with a warning).
+async fn check_applied(client: &Client, bucket: &str, key: &str, protect: &Protect) -> Result<()> {
+    if protect.sse.is_none() && protect.lock.is_none() {
+        return Ok(());
+    }
+    let h = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .sse_c(protect.sse_c())
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot read back what the store applied to {key}: {}",
+                describe_error(&e)
+            )
+        })?;
+    let mut missing = Vec::new();
+    let said = |v: Option<&str>| v.map_or("nothing".to_string(), |s| format!("{s:?}"));
+    let applied = h.server_side_encryption();
+    match &protect.sse {
+        None => {}
+        Some(Sse::S3) if applied != Some(&ServerSideEncryption::Aes256) => {
+            missing.push(format!(
+                "SSE-S3 (--sse AES256; the store says {})",
+                said(applied.map(|s| s.as_str()))
+            ));
+        }
+        Some(Sse::Kms(_)) if applied != Some(&ServerSideEncryption::AwsKms) => {
+            missing.push(format!(
+                "SSE-KMS (--sse aws:kms; the store says {})",
+                said(applied.map(|s| s.as_str()))
+            ));
+        }
+        Some(Sse::Kms(Some(want)))
+            if !h
+                .ssekms_key_id()
+                .is_some_and(|id| id == want || id.ends_with(&format!("/{want}"))) =>
+        {
+            missing.push(format!(
+                "the KMS key {want} (--sse-kms-key-id; the store says {})",
+                said(h.ssekms_key_id())
+            ));
+        }
+        Some(Sse::Customer { .. }) if h.sse_customer_algorithm() != Some("AES256") => {
+            missing.push(format!(
+                "SSE-C (--sse-c-key; the store says {})",
+                said(h.sse_customer_algorithm())
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some((mode, days)) = protect.lock {
+        let want_mode = match mode {
+            LockMode::Governance => ObjectLockMode::Governance,
+            LockMode::Compliance => ObjectLockMode::Compliance,
+        };
+        // Retained at least `days` from the upload, less an hour of clock and upload time.
+        let floor = Utc::now().timestamp() + days as i64 * 86400 - 3600;
+        let until = h.object_lock_retain_until_date().map(|d| d.secs());
+        if h.object_lock_mode() != Some(&want_mode) || until.is_none_or(|u| u < floor) {
+            missing.push(format!(
+                "Object Lock ({} for {days} days; the store says mode {}, retain until {})",
+                want_mode.as_str(),
+                said(h.object_lock_mode().map(|m| m.as_str())),
+                until.map_or("nothing".into(), |u| {
+                    DateTime::<Utc>::from_timestamp(u, 0).map_or(u.to_string(), |d| d.to_rfc3339())
+                })
+            ));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = format!("the store did not apply {} to {key}", missing.join(", "));
+    if protect.allow_unapplied {
+        tracing::warn!(key, "{what}; kept, as --allow-unapplied-protection says");
+        return Ok(());
+    }
+    Err(anyhow!(
+        "{what}; the object is removed (the store cannot give this protection: choose \
+         another store or setting, or pass --allow-unapplied-protection to accept it)"
+    ))
 }
 
 impl Protect {
@@ -268,6 +361,7 @@ impl S3Storage {
             protect: Protect {
                 sse: cfg.sse.clone(),
                 lock: cfg.object_lock,
+                allow_unapplied: cfg.allow_unapplied_protection,
             },
         })
     }
@@ -380,7 +474,20 @@ impl Storage for S3Storage {
             req = req.if_none_match("*");
         }
         match req.send().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Err(e) = check_applied(&self.client, &self.bucket, key, &self.protect).await
+                {
+                    let _ = self
+                        .client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .send()
+                        .await;
+                    return Err(e);
+                }
+                Ok(())
+            }
             Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
                 // A retried PUT whose first attempt succeeded but whose answer was lost
                 // also meets its own object: identical content is success.
@@ -800,6 +907,25 @@ impl ObjectWriter for S3Writer {
         match result {
             Ok(()) => {
                 self.upload_id = None;
+                if let Err(e) =
+                    check_applied(&self.client, &self.bucket, &self.key, &self.protect).await
+                {
+                    if let Err(d) = self
+                        .client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(&self.key)
+                        .send()
+                        .await
+                    {
+                        tracing::error!(
+                            key = %self.key,
+                            error = %describe_error(&d),
+                            "could not remove the object whose protection was not applied"
+                        );
+                    }
+                    return Err(e);
+                }
                 Ok(self.written)
             }
             Err(e) => {

@@ -699,3 +699,26 @@ pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
+
+/// The test bed's bucket with Object Lock enabled (created on first use).
+pub fn object_lock_bucket() -> &'static str {
+    let bucket = "leaflock-test-lock";
+    rt().block_on(async {
+        let r = s3()
+            .create_bucket()
+            .bucket(bucket)
+            .object_lock_enabled_for_bucket(true)
+            .send()
+            .await;
+        if let Err(e) = r {
+            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e)
+                .unwrap_or("")
+                .to_string();
+            assert!(
+                code.starts_with("BucketAlready"),
+                "create the lock bucket: {e:?}"
+            );
+        }
+    });
+    bucket
+}
