@@ -789,9 +789,9 @@ pub struct UploadArgs {
     #[arg(long, env = "LEAFLOCK_BACKUP_OBJECT_LOCK_DAYS", value_name = "DAYS")]
     pub object_lock_days: Option<u32>,
 
-    /// Keep an object whose requested protection (--sse, --sse-kms-key-id, --sse-c-key,
-    /// --object-lock-days) the store did not apply, with a warning. Without it such a run
-    /// fails and the object is removed: every protection is read back after the upload.
+    /// Keep an object whose requested protection (SSE-S3, SSE-KMS and its key, SSE-C,
+    /// Object Lock) the store did not apply, with a warning. Without it such a run fails
+    /// and the object is removed: every protection is read back after the upload.
     #[arg(long, env = "LEAFLOCK_BACKUP_ALLOW_UNAPPLIED_PROTECTION")]
     pub allow_unapplied_protection: bool,
 
