@@ -33,6 +33,13 @@ pub struct Cli {
 pub enum Command {
     /// Take one backup now: dump, compress, store, write the manifest, push metrics.
     Run(Box<RunArgs>),
+    /// Prove everything a run needs without taking a backup: configuration, database
+    /// (version, pg_dump, privileges, lock, drill role), destination (write, read, list,
+    /// multipart, abort, delete, the protections asked for, its clock), encryption,
+    /// Pushgateway, notification targets. One line per check with the fix for each
+    /// failure; exit 0 all passed, 1 one failed, 2 bad configuration. Takes every flag of
+    /// `run`; probe objects are removed. Run it after every configuration change.
+    Check(Box<RunArgs>),
     /// List the backups at the destination, newest first (debris and old archives too).
     List(ListArgs),
     /// Check a stored backup without touching any database: sha256, decompression, and

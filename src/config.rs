@@ -93,6 +93,27 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// What `check` examines of this run's settings; `keys` decrypt (the drill's keys,
+    /// resolved also when no drill is configured).
+    pub fn check_plan<'a>(&'a self, keys: &'a crate::crypto::Keys) -> crate::check::Plan<'a> {
+        crate::check::Plan {
+            conn: &self.database.conn,
+            connect_timeout: self.database.connect_timeout,
+            pg_dump: self.database.pg_dump.as_deref(),
+            destination: &self.destination,
+            scope: &self.scope,
+            clock_tolerance: self.clock_tolerance,
+            drill: self.drill.as_ref(),
+            metrics: self.metrics.as_ref(),
+            textfile: self.textfile.as_ref().map(|(p, _)| p.as_path()),
+            notify: &self.notify,
+            encryption: self.encryption.as_ref(),
+            keys: Some(self.drill.as_ref().map_or(keys, |d| &d.keys)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub conn: ConnInfo,

@@ -139,6 +139,24 @@ impl Encryption {
         Ok(())
     }
 
+    /// `check`: a sample encrypted as backups are, decrypted with `keys` (the drill's
+    /// identities or passphrase) back to the same bytes.
+    pub fn round_trip(&self, keys: &Keys) -> Result<()> {
+        let sample = b"leaflock-backup encryption round trip";
+        let mut out = Vec::new();
+        let mut w = self.encryptor()?.wrap_output(&mut out)?;
+        w.write_all(sample)?;
+        w.finish()?;
+        let mut back = Vec::new();
+        keys.decrypt(Box::new(std::io::Cursor::new(out)))?
+            .read_to_end(&mut back)
+            .context("decrypting the sample")?;
+        if back != sample {
+            bail!("the sample decrypted to different bytes");
+        }
+        Ok(())
+    }
+
     /// A streaming encryptor whose output is collected in memory chunk by chunk.
     pub fn stream(&self) -> Result<EncryptStream> {
         let buf = SharedBuf::default();

@@ -4,6 +4,7 @@
 
 mod backup;
 mod catalog;
+mod check;
 mod cli;
 mod clock;
 mod commands;
@@ -76,6 +77,7 @@ fn main() {
     let result = runtime.block_on(async {
         match &cli.command {
             cli::Command::Run(args) => commands::run::execute(args, term).await,
+            cli::Command::Check(args) => commands::check::execute(args).await,
             cli::Command::NextRun(args) => commands::next_run::execute(args),
             cli::Command::List(args) => commands::list::execute(args).await,
             cli::Command::Verify(args) => commands::verify::execute(args).await,
@@ -97,6 +99,7 @@ fn main() {
                 _ => match &cli.command {
                     cli::Command::Run(_) | cli::Command::Schedule(_) => "backup failed",
                     cli::Command::Verify(_) => "verification failed",
+                    cli::Command::Check(_) => "check failed",
                     cli::Command::Restore(_) => "restore failed",
                     cli::Command::Drill(_) => "restore drill failed",
                     cli::Command::Prune(_) => "prune failed",

@@ -514,6 +514,53 @@ impl Pushgateway {
         Ok(())
     }
 
+    /// `check`: the group can be read back, and a push for this job is accepted: a
+    /// probe group of its own (this group's labels plus `probe="check"`, so the run's
+    /// figures are never touched) is pushed, then deleted.
+    pub async fn probe(&self, database: &str, run_id: &str) -> Result<()> {
+        self.read(database).await?;
+        let url = format!("{}/probe/check", self.group_path(database));
+        let body = format!(
+            "# TYPE leaflock_backup_check_probe gauge\nleaflock_backup_check_probe{{run_id=\"{run_id}\"}} 1\n"
+        );
+        let reach = || format!("cannot reach the Pushgateway at {}", self.cfg.shown());
+        let resp = self
+            .http
+            .put(&url)
+            .header("Content-Type", prometheus::TEXT_FORMAT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.without_url())
+            .with_context(reach)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            bail!(
+                "the Pushgateway at {} refused a push for job {} ({status}): {}",
+                self.cfg.shown(),
+                self.cfg.job,
+                text.trim()
+            );
+        }
+        let resp = self
+            .http
+            .delete(&url)
+            .send()
+            .await
+            .map_err(|e| e.without_url())
+            .with_context(reach)?;
+        if !resp.status().is_success() {
+            bail!(
+                "the Pushgateway at {} accepted the probe push but refused to delete it ({}): \
+                 delete the group with probe=\"check\" by hand",
+                self.cfg.shown(),
+                resp.status()
+            );
+        }
+        Ok(())
+    }
+
     /// Read back, add this run's backup and/or drill (and the count of untrusted
     /// backups, when checked), push. `database` is the grouping label value.
     pub async fn push(

@@ -133,6 +133,47 @@ impl Notifier {
         }
     }
 
+    /// `check`: one `check` event to every `--notify-url`, and the healthchecks-style
+    /// target's `<url>/log` (which records a message and changes no check's state).
+    /// Each target (scheme and host) with how it went.
+    pub async fn probe(&self) -> Vec<(String, Result<(), String>)> {
+        let Some(client) = &self.client else {
+            return Vec::new();
+        };
+        let body = serde_json::to_vec(&json!({
+            "event": "check",
+            "run_id": crate::logging::run_id(),
+            "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "tool": "leaflock-backup",
+        }))
+        .expect("JSON");
+        let mut sends: Vec<(String, String, Vec<u8>, bool)> = self
+            .cfg
+            .urls
+            .iter()
+            .map(|u| {
+                (
+                    format!("--notify-url {}", shown(u)),
+                    u.clone(),
+                    body.clone(),
+                    true,
+                )
+            })
+            .collect();
+        if let Some(base) = &self.cfg.healthchecks {
+            sends.push((
+                format!("--healthchecks-url {}", shown(base)),
+                format!("{}/log", base.trim_end_matches('/')),
+                b"leaflock-backup check: this target is reachable".to_vec(),
+                false,
+            ));
+        }
+        let sent = sends.into_iter().map(|(name, url, body, json)| async move {
+            (name, Self::post(client, &url, body, json).await)
+        });
+        futures::future::join_all(sent).await
+    }
+
     /// The healthchecks-style ping.
     pub async fn ping(&self, ping: Ping) {
         let (Some(client), Some(base)) = (&self.client, &self.cfg.healthchecks) else {

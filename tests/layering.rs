@@ -57,6 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "debris",
             "lock",
             "report",
+            "check",
         ],
     ),
     ("configuration", &["config"]),

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod check;
 pub mod drill;
 pub mod keygen;
 pub mod list;

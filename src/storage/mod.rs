@@ -106,6 +106,20 @@ pub trait Storage: Send + Sync {
     /// Abort one unfinished upload (S3) or remove its temporary file (local). One that
     /// is already gone is not an error.
     async fn discard_unfinished(&self, u: &Unfinished) -> Result<()>;
+
+    /// Remove `key` with every version a versioned bucket keeps of it (S3: each version
+    /// and delete marker by id), so that a probe leaves nothing; elsewhere, `delete`.
+    async fn purge(&self, key: &str) -> Result<()> {
+        self.delete(key).await
+    }
+
+    /// `check`: write a probe at `key` under the Object Lock this destination applies
+    /// (for seconds, not days), read back that the store applied it, and remove it.
+    /// Says what was proved.
+    async fn probe_lock(&self, key: &str) -> Result<String> {
+        let _ = key;
+        anyhow::bail!("{} has no Object Lock", self.describe())
+    }
 }
 
 #[async_trait]

@@ -733,6 +733,119 @@ impl Storage for S3Storage {
             })?;
         Ok(())
     }
+
+    async fn purge(&self, key: &str) -> Result<()> {
+        self.delete(key).await?;
+        let listed = self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await;
+        // A store without versioning may not know the call: the DELETE was enough.
+        let Ok(listed) = listed else { return Ok(()) };
+        let ids = listed
+            .versions()
+            .iter()
+            .filter(|v| v.key() == Some(key))
+            .filter_map(|v| v.version_id())
+            .chain(
+                listed
+                    .delete_markers()
+                    .iter()
+                    .filter(|m| m.key() == Some(key))
+                    .filter_map(|m| m.version_id()),
+            )
+            .filter(|id| *id != "null")
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        for id in ids {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .version_id(&id)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot delete version {id} of {key} from {}: {}",
+                        self.where_,
+                        describe_error(&e)
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn probe_lock(&self, key: &str) -> Result<String> {
+        let Some((mode, _)) = self.protect.lock else {
+            anyhow::bail!("no Object Lock was asked for");
+        };
+        // Retained for seconds, not days, so that the probe can be removed: the
+        // read-back asks for the mode and a retain-until date that is not in the past.
+        let until = Utc::now() + chrono::Duration::seconds(5);
+        let want = Protect {
+            lock: Some((mode, 0)),
+            allow_unapplied: false,
+            ..self.protect.clone()
+        };
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("text/plain")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_server_side_encryption(self.protect.server_side())
+            .set_ssekms_key_id(self.protect.kms_key())
+            .sse_c(self.protect.sse_c())
+            .set_object_lock_mode(want.lock().0)
+            .object_lock_retain_until_date(aws_smithy_types::DateTime::from_secs(until.timestamp()))
+            .body(ByteStream::from_static(
+                b"leaflock-backup check: object lock probe\n",
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "the store refused an object with Object Lock: {}",
+                    describe_error(&e)
+                )
+            })?;
+        let applied = check_applied(&self.client, &self.bucket, key, &want).await;
+        // Removed once its retention has passed: the version itself, so that no locked
+        // data stays behind a delete marker.
+        let wait = (until - Utc::now()).num_milliseconds().max(0) as u64 + 1500;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let mut removed = Err(anyhow!("not tried"));
+        for attempt in 0..4 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            removed = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_version_id(put.version_id().map(str::to_string))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow!("cannot remove the probe {key}: {}", describe_error(&e)));
+            if removed.is_ok() {
+                break;
+            }
+        }
+        applied.map_err(|e| anyhow!("{e:#}").context("the probe object"))?;
+        removed?;
+        let name = want.lock().0.map(|m| m.as_str().to_string());
+        Ok(format!(
+            "{} retention applied and read back (probe retained 5 s, then its version removed)",
+            name.unwrap_or_default()
+        ))
+    }
 }
 
 struct S3Writer {
