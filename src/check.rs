@@ -437,13 +437,13 @@ async fn clock(storage: &dyn Storage, tolerance: Duration) -> Finding {
                 "the local clock is {} s {} the destination's (tolerance {} s): retention \
                  would delete nothing and new backups would look like they come from the {}",
                 skew.num_seconds().abs(),
-                if skew.num_seconds() > 0 {
+                if skew.num_seconds() < 0 {
                     "ahead of"
                 } else {
                     "behind"
                 },
                 c.tolerance.num_seconds(),
-                if skew.num_seconds() > 0 {
+                if skew.num_seconds() < 0 {
                     "future"
                 } else {
                     "past"

@@ -178,6 +178,13 @@ fn units_in_tempdir() -> tempfile::TempDir {
         drill.replace("/usr/bin/leaflock-backup", bin()),
     )
     .unwrap();
+    let check = read("systemd/leaflock-backup-check.service");
+    assert!(check.contains("ExecStart=/usr/bin/leaflock-backup check"));
+    std::fs::write(
+        dir.path().join("leaflock-backup-check.service"),
+        check.replace("/usr/bin/leaflock-backup", bin()),
+    )
+    .unwrap();
     for timer in ["leaflock-backup.timer", "leaflock-backup-drill.timer"] {
         std::fs::copy(path(&format!("systemd/{timer}")), dir.path().join(timer)).unwrap();
     }
@@ -193,6 +200,7 @@ fn systemd_verify(dir: &Path) -> (i32, String, String) {
                 "leaflock-backup.timer",
                 "leaflock-backup-drill.service",
                 "leaflock-backup-drill.timer",
+                "leaflock-backup-check.service",
             ])
             .current_dir(dir)
             // Relative names are looked up in the working directory only.

@@ -365,12 +365,16 @@ fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
     }
     let pg = url::Url::parse(&Pg::V18.admin_url()).unwrap();
     let root = image_root();
-    for (dir, job) in [
-        ("k8s", "leaflock-backup"),
+    // The third pod is `check`, as docs/deployment.md starts it: the backup CronJob's
+    // Job with its args replaced (`kubectl create job --from=cronjob/...`, patched).
+    for (dir, job, args) in [
+        ("k8s", "leaflock-backup", None),
         (
             "k8s/overlays/restore-drill",
             "leaflock-backup-restore-drill",
+            None,
         ),
+        ("k8s", "leaflock-backup", Some("check")),
     ] {
         let docs = render(dir);
         let cj = docs
@@ -378,6 +382,14 @@ fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
             .find(|d| d["kind"] == "CronJob" && d["metadata"]["name"] == job)
             .unwrap_or_else(|| panic!("{dir}: no CronJob {job}"));
         let mut pod = pod_of(cj, &docs, &secret);
+        if let Some(a) = args {
+            assert_eq!(
+                pod.args,
+                ["run"],
+                "the CronJob's args, which the check replaces"
+            );
+            pod.args = vec![a.to_string()];
+        }
         // Only the addresses change.
         for (k, v) in [
             ("POSTGRESQL_HOST", pg.host_str().unwrap().to_string()),
@@ -419,12 +431,29 @@ fn cronjobs_run_as_the_kubelet_would_within_their_limits() {
             out.log
         );
         assert!(out.peak <= pod.memory_limit);
+        if args == Some("check") {
+            for what in [
+                "✓ database",
+                "✓ privileges",
+                "✓ permissions",
+                "✓ pushgateway",
+            ] {
+                assert!(out.log.contains(what), "no {what:?} line:\n{}", out.log);
+            }
+            assert!(!out.log.contains('✗'), "{}", out.log);
+        }
     }
     let manifests = s3_keys(&prefix)
         .into_iter()
         .filter(|k| k.ends_with(".manifest.json"))
         .count();
     assert_eq!(manifests, 2, "a backup from each CronJob");
+    assert!(
+        s3_keys(&prefix)
+            .iter()
+            .all(|k| !k.contains("leaflock_check_")),
+        "the check left a probe object"
+    );
     let pushed = pushed_metrics(&group);
     assert_eq!(
         pushed.get("leaflock_restore_drills_total{status=\"success\"}"),

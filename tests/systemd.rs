@@ -229,7 +229,11 @@ fn shipped_units_and_package_under_a_real_systemd() {
     }
     let credentials = m
         .ok("cat /usr/share/doc/leaflock-backup/examples/leaflock-backup-credentials.conf.example");
-    for unit in ["leaflock-backup.service", "leaflock-backup-drill.service"] {
+    for unit in [
+        "leaflock-backup.service",
+        "leaflock-backup-drill.service",
+        "leaflock-backup-check.service",
+    ] {
         m.root.write(
             &format!("etc/systemd/system/{unit}.d/credentials.conf"),
             &credentials,
@@ -304,6 +308,30 @@ fn shipped_units_and_package_under_a_real_systemd() {
         eprintln!("systemd-analyze security {unit} (installed): {score}");
         assert!(score <= 2.0, "{unit}: exposure {score} > 2.0");
     }
+
+    // ---- `check` with the backup unit's settings, started by hand as its comment says:
+    // every line passes (the credentials seen through the same drop-in), nothing is
+    // left in the bucket.
+    let (code, _, err) = m.sh("systemctl start leaflock-backup-check.service");
+    let check_log = m
+        .sh("journalctl -u leaflock-backup-check.service -o cat --no-pager")
+        .1;
+    assert_eq!(code, 0, "the check unit failed: {err}\n{check_log}");
+    for what in [
+        "✓ database",
+        "✓ privileges",
+        "✓ permissions",
+        "✓ pushgateway",
+    ] {
+        assert!(check_log.contains(what), "no {what:?} line:\n{check_log}");
+    }
+    assert!(!check_log.contains('✗'), "{check_log}");
+    assert!(
+        s3_keys(&prefix)
+            .iter()
+            .all(|k| !k.contains("leaflock_check_")),
+        "a probe object was left"
+    );
 
     // ---- The shipped OnFailure= example, for the next (failing) run.
     let example =
