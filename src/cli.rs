@@ -525,6 +525,9 @@ pub struct DrillCommandArgs {
     pub signing: SigningArgs,
 
     #[command(flatten)]
+    pub notify: NotifyArgs,
+
+    #[command(flatten)]
     pub metrics: MetricsArgs,
 }
 
@@ -721,7 +724,8 @@ pub struct DestinationArgs {
 #[command(next_help_heading = "Notifications")]
 pub struct NotifyArgs {
     /// POST one JSON object per event of a run (started, succeeded, failed, drill_failed,
-    /// suspect, retention_deleted) to URL, with the summary line's figures and no secret.
+    /// suspect, retention_deleted; of `drill`: drill_passed, drill_failed, failed; of
+    /// `check`: one check event) to URL, with the summary line's figures and no secret.
     /// Repeatable; in the variable, separate URLs with commas.
     #[arg(
         long,

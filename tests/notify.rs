@@ -178,6 +178,37 @@ fn success_failure_and_a_failed_drill_send_exactly_their_events_and_pings() {
         "{}",
         ev[1]
     );
+
+    // The standalone `drill` command (a weekly drill with a check of its own): passed,
+    // then failed, each with its event and pings.
+    let drill = |rx: &Receiver, check: &str| {
+        let mut cmd = runner();
+        cmd.args(["drill", "latest", "--database-url", &db.url])
+            .arg("--local-dir")
+            .arg(dir.path())
+            .args(["--drill-check", check])
+            .args(["--notify-url", &rx.url("/hook")])
+            .args(["--healthchecks-url", &rx.url("/ping/77aa")])
+            .env_remove("LEAFLOCK_BACKUP_PUSHGATEWAY_URL");
+        cmd
+    };
+    let rx = Receiver::start(true);
+    run(drill(&rx, "SELECT true")).expect_code(0);
+    let ev = rx.events();
+    assert_eq!(names(&ev), ["drill_passed"], "{ev:?}");
+    assert!(ev[0]["tables_checked"].as_u64().unwrap() > 0, "{}", ev[0]);
+    let pings: Vec<String> = rx.pings().into_iter().map(|p| p.path).collect();
+    assert_eq!(pings, ["/ping/77aa/start", "/ping/77aa"]);
+    let rx = Receiver::start(true);
+    run(drill(&rx, "SELECT false")).expect_code(1);
+    let ev = rx.events();
+    assert_eq!(names(&ev), ["drill_failed"], "{ev:?}");
+    let pings = rx.pings();
+    assert_eq!(
+        pings.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(),
+        ["/ping/77aa/start", "/ping/77aa/fail"]
+    );
+    assert!(pings[1].body.contains("restore drill"), "{}", pings[1].body);
 }
 
 #[test]
