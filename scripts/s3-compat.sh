@@ -10,8 +10,8 @@
 #              `cargo install garage --locked` into $COMPAT_DIR/garage (a release
 #              build takes about 8 minutes on 2 cores; kept for the next run), or the
 #              binary $LEAFLOCK_COMPAT_GARAGE_BIN; started here on loopback
-#   moto       moto's server (PyPI moto[server], installed into the test bed's venv),
-#              started here on loopback
+#   moto       moto's server (PyPI moto[server], installed into a venv of its own,
+#              $COMPAT_DIR/venv), started here on loopback
 #
 # Each store gets the whole of tests/s3.rs, one test at a time, with the tests' S3
 # settings (LEAFLOCK_TEST_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _BUCKET, _REGION)
@@ -45,10 +45,12 @@ REGION=us-east-1
 
 # What each store lacks, as the tests name it (LEAFLOCK_TEST_S3_LACKS). Garage 2.5
 # ignores SSE-S3 and Object Lock headers (the request succeeds, nothing is applied)
-# and If-None-Match; it has no SSE-KMS.
+# and If-None-Match; it has no SSE-KMS. moto 5 applies neither SSE-C nor Object Lock
+# given to a multipart upload (HEAD of the completed object shows none).
 lacks_of() {
     case $1 in
         garage) echo "sse-s3,object-lock,conditional-writes" ;;
+        moto) echo "sse-c,object-lock" ;;
         *) echo "" ;;
     esac
 }
@@ -143,20 +145,23 @@ EOF
 
 # start_moto: sets EP AK SK VER.
 start_moto() {
-    if [ ! -x "$VENV/bin/moto_server" ]; then
-        log "installing moto[server] into $VENV"
-        "$VENV/bin/pip" install --quiet 'moto[server]' >"$COMPAT_DIR/logs/moto-install.log" 2>&1 ||
+    local venv=$COMPAT_DIR/venv
+    if [ ! -x "$venv/bin/moto_server" ]; then
+        log "installing moto[server] into $venv"
+        {
+            python3 -m venv "$venv" && "$venv/bin/pip" install --quiet 'moto[server]'
+        } >"$COMPAT_DIR/logs/moto-install.log" 2>&1 ||
             die "moto did not install: $COMPAT_DIR/logs/moto-install.log"
     fi
     port_in_use "$MOTO_PORT" && die "port $MOTO_PORT is taken (LEAFLOCK_COMPAT_MOTO_PORT)"
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$COMPAT_DIR/logs/moto.log" 2>&1 &
+    "$venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$COMPAT_DIR/logs/moto.log" 2>&1 &
     PIDS+=("$!")
     wait_for 30 "moto" curl -fs -o /dev/null "http://127.0.0.1:$MOTO_PORT/" ||
         die "moto did not start: $COMPAT_DIR/logs/moto.log"
     compat_aws "http://127.0.0.1:$MOTO_PORT" moto-key moto-secret \
         s3api create-bucket --bucket "$BUCKET" >/dev/null
     EP=http://127.0.0.1:$MOTO_PORT AK=moto-key SK=moto-secret
-    VER=$("$VENV/bin/pip" show moto 2>/dev/null | awk '/^Version:/ { print $2 }')
+    VER=$("$venv/bin/pip" show moto 2>/dev/null | awk '/^Version:/ { print $2 }')
 }
 
 # compat_aws ENDPOINT AK SK ARGS...: the test bed's aws CLI against a store.

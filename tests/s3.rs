@@ -448,25 +448,39 @@ fn run_list_verify_drill_and_prune_work() {
     run(s3_cmd("verify", &prefix)).expect_code(0);
 }
 
-/// On a store that ignores SSE-S3 or Object Lock (Garage: the request succeeds, nothing
-/// is applied), asking for it fails the run and leaves no object. Runs only where
-/// `LEAFLOCK_TEST_S3_LACKS` says the store lacks them; elsewhere the same check is
-/// proven by `tests/faults.rs` with the headers stripped.
+/// On a store that ignores SSE-S3, SSE-C or Object Lock (Garage ignores SSE-S3 and
+/// Object Lock: the request succeeds, nothing is applied; moto applies neither SSE-C nor
+/// Object Lock given to a multipart upload), asking for it fails the run and leaves no
+/// object, whether the store refuses the request or ignores it (then the read-back
+/// catches it). Runs only where `LEAFLOCK_TEST_S3_LACKS` says the store lacks them;
+/// elsewhere the same check is proven by `tests/faults.rs` with the headers stripped.
 #[test]
 fn a_protection_the_store_ignores_fails_the_run_and_leaves_no_object() {
     let name = unique("ignored");
     let db = TestDb::leaflock(Pg::V15, &name, 2);
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     let mut tried = 0;
-    for (feature, flags, what) in [
+    for (feature, flags, env, applied, asked) in [
         (
             "sse-s3",
             &["--sse", "AES256"][..],
+            None,
             "the store did not apply SSE-S3",
+            "SSE-S3 (--sse AES256)",
+        ),
+        (
+            "sse-c",
+            &[][..],
+            Some(("LEAFLOCK_BACKUP_SSE_C_KEY", key.as_str())),
+            "the store did not apply SSE-C",
+            "SSE-C (--sse-c-key)",
         ),
         (
             "object-lock",
             &["--object-lock-days", "1"][..],
+            None,
             "the store did not apply Object Lock",
+            "Object Lock (--object-lock-days 1)",
         ),
     ] {
         let lacks = testbed()
@@ -481,14 +495,26 @@ fn a_protection_the_store_ignores_fails_the_run_and_leaves_no_object() {
         let prefix = unique("ignored");
         let mut cmd = s3_run(&db.url, &prefix, &name);
         cmd.args(flags);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
         let r = run(cmd);
         r.expect_code(1);
-        assert!(r.stderr.contains(what), "{what}:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(applied) || r.stderr.contains(asked),
+            "{feature}: {applied} or a refusal naming {asked}:\n{}",
+            r.stderr
+        );
         assert!(!r.stderr.contains("backup complete"), "{}", r.stderr);
         assert_nothing_left(&prefix);
-        println!("{feature}: requested, not applied: the run failed and left no object");
+        let how = if r.stderr.contains(applied) {
+            "accepted but not applied (read back)"
+        } else {
+            "refused"
+        };
+        println!("{feature}: requested, {how}: the run failed and left no object");
     }
     if tried == 0 {
-        println!("SKIPPED: the store under test applies SSE-S3 and Object Lock");
+        println!("SKIPPED: the store under test applies SSE-S3, SSE-C and Object Lock");
     }
 }
