@@ -440,9 +440,19 @@ fn run_list_verify_drill_and_prune_work() {
     let mut drill = s3_cmd("drill", &prefix);
     drill.env("LEAFLOCK_BACKUP_DATABASE_URL", Pg::V15.admin_url());
     run(drill).expect_code(0);
+    // Through a proxy that refuses DeleteObjects as MinIO does without Content-MD5:
+    // prune never sends one.
+    let proxy = proxy::start(
+        &proxy::host_port(&testbed().s3_endpoint()),
+        &["--fault", "status=400,code=MissingContentMD5,match=?delete"],
+    );
     let mut prune = s3_cmd("prune", &prefix);
-    prune.args(["--keep-last", "1", "--database-url", &db.url]);
+    prune
+        .args(["--keep-last", "1", "--database-url", &db.url])
+        .env("LEAFLOCK_BACKUP_S3_ENDPOINT", proxy.url());
     run(prune).expect_code(0);
+    assert!(proxy.log().contains("DELETE "), "{}", proxy.log());
+    assert!(!proxy.log().contains("?delete"), "{}", proxy.log());
     assert_eq!(keys_ending(&prefix, ".manifest.json").len(), 1);
     assert_eq!(keys_ending(&prefix, ".dump.gz").len(), 1);
     run(s3_cmd("verify", &prefix)).expect_code(0);
