@@ -201,7 +201,7 @@ column_of() {
 
 # run_one STORE TEST [CHECKSUM]: prints ok | FAILED | skipped.
 run_one() {
-    local store=$1 test=$2 sum=${3:-} log out
+    local store=$1 test=$2 sum=${3:-} log out notes
     log="$COMPAT_DIR/logs/$store-$test${sum:+-$sum}.log"
     if (cd "$REPO" && LEAFLOCK_TEST_S3_CHECKSUMS=${sum:-$CHECKSUMS_CSV} \
         cargo test -q --test s3 -- --exact "$test" --nocapture --test-threads 1) >"$log" 2>&1; then
@@ -209,7 +209,9 @@ run_one() {
     else
         out=FAILED
     fi
-    echo "$out"
+    # What the test observed on the way (NOTE: lines), after its outcome.
+    notes=$(sed -n 's/^NOTE: //p' "$log" | paste -sd ';' - | sed 's/;/; /g')
+    echo "$out${notes:+ ($notes)}"
 }
 CHECKSUMS_CSV=$(tr ' ' ',' <<<"$CHECKSUMS")
 

@@ -272,6 +272,25 @@ fn objects_are_server_side_encrypted() {
 #[test]
 fn objects_at_the_keys_of_the_same_second_are_never_overwritten() {
     if store_lacks("conditional-writes") {
+        // Say what the store does with a second PutObject with If-None-Match: *.
+        let key = format!("{}/probe", unique("ifnonematch"));
+        s3_put(&key, b"first".to_vec());
+        let second = rt().block_on(async {
+            s3().put_object()
+                .bucket(testbed().bucket())
+                .key(&key)
+                .if_none_match("*")
+                .body(b"second".to_vec().into())
+                .send()
+                .await
+        });
+        println!(
+            "NOTE: a second PutObject with If-None-Match: * {}",
+            match second {
+                Ok(_) => "succeeded and overwrote the key",
+                Err(_) => "was refused",
+            }
+        );
         return;
     }
     let name = unique("nooverwrite");
@@ -518,11 +537,11 @@ fn a_protection_the_store_ignores_fails_the_run_and_leaves_no_object() {
         assert!(!r.stderr.contains("backup complete"), "{}", r.stderr);
         assert_nothing_left(&prefix);
         let how = if r.stderr.contains(applied) {
-            "accepted but not applied (read back)"
+            "accepted, not applied (read back)"
         } else {
             "refused"
         };
-        println!("{feature}: requested, {how}: the run failed and left no object");
+        println!("NOTE: {feature} {how}, the run failed, no object left");
     }
     if tried == 0 {
         println!("SKIPPED: the store under test applies SSE-S3, SSE-C and Object Lock");
