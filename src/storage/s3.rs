@@ -1252,3 +1252,58 @@ impl Drop for S3Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::error::ErrorMetadata;
+
+    #[test]
+    fn a_stores_answer_says_everything_it_gave() {
+        let full = ErrorMetadata::builder()
+            .code("NotImplemented")
+            .message("SSE-C is not supported")
+            .custom("aws_request_id", "r-1")
+            .build();
+        assert_eq!(
+            store_answer(Some(501), &full),
+            "HTTP 501 Not Implemented, code NotImplemented: SSE-C is not supported (request id r-1)"
+        );
+        // A HEAD answer has no body: only its status (this used to read "error").
+        assert_eq!(
+            store_answer(Some(400), &ErrorMetadata::default()),
+            "HTTP 400 Bad Request with no error code or message"
+        );
+        let code = ErrorMetadata::builder().code("InvalidArgument").build();
+        assert_eq!(
+            store_answer(Some(418), &code),
+            "HTTP 418, code InvalidArgument (no message)"
+        );
+    }
+
+    #[test]
+    fn a_refused_write_names_what_it_asked_for() {
+        let protect = Protect {
+            sse: Some(Sse::S3),
+            lock: Some((LockMode::Governance, 3)),
+            checksum: Checksum::DEFAULT,
+            allow_unapplied: false,
+        };
+        assert_eq!(
+            protect.asked(Req::Write),
+            [
+                "SSE-S3 (--sse AES256)",
+                "Object Lock (--object-lock-days 3)",
+                "the SDK's flexible checksums (--s3-checksum sha256; when-required sends none)"
+            ]
+        );
+        assert!(protect.asked(Req::Read).is_empty());
+        let quiet = Protect {
+            sse: None,
+            lock: None,
+            checksum: Checksum::WhenRequired,
+            allow_unapplied: false,
+        };
+        assert!(quiet.asked(Req::Write).is_empty());
+    }
+}
