@@ -138,7 +138,8 @@ EOF
     "$bin" -c "$conf" bucket create "$BUCKET" >/dev/null
     "$bin" -c "$conf" bucket allow --read --write --owner "$BUCKET" --key compat-key >/dev/null
     EP=http://127.0.0.1:$GARAGE_PORT
-    VER=$("$bin" --version 2>/dev/null | awk '{ print $2; exit }')
+    # "garage cargo:2.5.0 [features: ...]"
+    VER=$("$bin" --version 2>/dev/null | awk '{ sub(/^[a-z]*:/, "", $2); print $2; exit }')
 }
 
 # --- moto ---------------------------------------------------------------------
