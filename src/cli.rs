@@ -707,6 +707,15 @@ pub struct DestinationArgs {
     )]
     pub sse_c_key: Option<String>,
 
+    /// Checksum sent with every upload request (parts, manifests, records):
+    /// sha256|sha1|crc32|crc32c|crc64nvme (that algorithm, read back after the upload: a
+    /// store that did not keep it fails the run), auto (the AWS SDK's own choice, not read
+    /// back) or when-required (none where an operation does not require one: for stores
+    /// that refuse the SDK's flexible checksums, such as Backblaze B2 or Google Cloud
+    /// Storage). Default: sha256.
+    #[arg(long, env = "LEAFLOCK_BACKUP_S3_CHECKSUM", value_name = "ALGORITHM")]
+    pub s3_checksum: Option<String>,
+
     /// Attempts per S3 request before giving up (transient errors are retried with
     /// exponential backoff and jitter).
     #[arg(

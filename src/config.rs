@@ -22,7 +22,7 @@ use crate::schedule::Schedule;
 use crate::scope::Scope;
 use crate::secrets::redact_url;
 use crate::signing::{PublicKey, Signer25519, TrustPolicy};
-use crate::storage::{DestinationConfig, LocalConfig, LockMode, S3Config, Sse};
+use crate::storage::{Checksum, DestinationConfig, LocalConfig, LockMode, S3Config, Sse};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -291,6 +291,7 @@ fn check_s3_only_flags(args: &DestinationArgs, upload: Option<&UploadArgs>) -> R
         (set(&args.s3_endpoint), "--s3-endpoint"),
         (set(&args.s3_access_key), "--s3-access-key"),
         (set(&args.s3_secret_key), "--s3-secret-key"),
+        (set(&args.s3_checksum), "--s3-checksum"),
         (set(class), "--s3-storage-class"),
         (set(kms), "--sse-kms-key-id"),
     ] {
@@ -631,6 +632,18 @@ pub fn resolve_destination(
             Some(c.to_string())
         }
     };
+    let checksum = match args.s3_checksum.as_deref().filter(|c| !c.is_empty()) {
+        None => Checksum::DEFAULT,
+        Some(c) => match Checksum::parse(c.trim()) {
+            Some(c) => c,
+            None => {
+                return usage(format!(
+                    "--s3-checksum / LEAFLOCK_BACKUP_S3_CHECKSUM: expected one of {}, got {c:?}",
+                    Checksum::NAMES.join(", ")
+                ))
+            }
+        },
+    };
     let sse = resolve_sse(args, upload)?;
     if let (Some(Sse::Customer { .. }), Some((e, src))) = (&sse, &endpoint) {
         if plain_http_off_host(e) {
@@ -671,6 +684,7 @@ pub fn resolve_destination(
         parts_in_flight,
         allow_unapplied_protection: upload.is_some_and(|u| u.allow_unapplied_protection),
         max_attempts: args.s3_max_attempts as u32,
+        checksum,
     }))
 }
 
@@ -1295,6 +1309,24 @@ mod tests {
     }
 
     #[test]
+    fn the_checksum_setting_defaults_to_sha256_and_takes_every_name() {
+        let env = [
+            ("BACKUP_S3_BUCKET", "bucket"),
+            ("DATABASE_URL", "postgresql://notes@db/notes"),
+        ];
+        let s3 = |argv: &[&str]| match resolve(argv, &env).unwrap().destination {
+            DestinationConfig::S3(s3) => s3.checksum,
+            other => panic!("expected S3: {other:?}"),
+        };
+        assert_eq!(s3(&[]), Checksum::DEFAULT);
+        assert_eq!(Checksum::DEFAULT.name(), "sha256");
+        for name in Checksum::NAMES {
+            assert_eq!(s3(&["--s3-checksum", name]).name(), *name);
+        }
+        assert_eq!(s3(&["--s3-checksum", "CRC32C"]).name(), "crc32c");
+    }
+
+    #[test]
     fn a_url_without_password_takes_pgpassword() {
         let c = resolve(
             &[],
@@ -1391,6 +1423,14 @@ mod tests {
                 ]
                 .concat(),
                 "--parts-in-flight",
+            ),
+            (
+                [
+                    &db[..],
+                    &["--s3-bucket", "ok-bucket", "--s3-checksum", "md5"],
+                ]
+                .concat(),
+                "--s3-checksum",
             ),
             (
                 [&db[..], &["--s3-bucket", "ok-bucket", "--prefix", "a/../b"]].concat(),

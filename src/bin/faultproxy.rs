@@ -21,6 +21,10 @@
 //!                              start with PREFIX (a store that ignores a protection:
 //!                              strip=x-amz-server-side-encryption, strip=x-amz-object-lock)
 //! ...,match=TEXT               only requests whose "METHOD /path?query" contains TEXT
+//! ...,header=TEXT              only requests with a header line ("name: value")
+//!                              containing TEXT, case-insensitive (a store that refuses
+//!                              the SDK's flexible checksums:
+//!                              status=400,code=InvalidArgument,header=checksum)
 //! ...,method=PUT               only requests with this method
 //! ...,first=N                  only the first N selected requests
 //! ...,after=N                  only selected requests after the first N
@@ -81,6 +85,7 @@ enum Action {
 struct Rule {
     action: Action,
     matches: Option<String>,
+    header: Option<String>,
     method: Option<String>,
     first: Option<u64>,
     after: Option<u64>,
@@ -106,6 +111,7 @@ fn parse_rule(spec: &str) -> Result<Rule, String> {
     let mut rule = Rule {
         action: Action::Refuse,
         matches: None,
+        header: None,
         method: None,
         first: None,
         after: None,
@@ -127,6 +133,7 @@ fn parse_rule(spec: &str) -> Result<Rule, String> {
             "code" => code = Some(v.to_string()),
             "bytes" => bytes = Some(num(v)?),
             "match" => rule.matches = Some(v.to_string()),
+            "header" => rule.header = Some(v.to_ascii_lowercase()),
             "method" => rule.method = Some(v.to_ascii_uppercase()),
             "first" => rule.first = Some(num(v)?),
             "after" => rule.after = Some(num(v)?),
@@ -164,9 +171,12 @@ struct State {
 
 impl State {
     /// The action for a request, if a rule selects it.
-    fn decide(&self, line: &str) -> Option<Action> {
+    fn decide(&self, line: &str, headers: &str) -> Option<Action> {
         for r in &self.rules {
             if r.matches.as_deref().is_some_and(|m| !line.contains(m))
+                || r.header
+                    .as_deref()
+                    .is_some_and(|h| !headers.lines().any(|l| l.contains(h)))
                 || r.method
                     .as_deref()
                     .is_some_and(|m| !line.starts_with(&format!("{m} ")))
@@ -293,6 +303,8 @@ where
 struct Head {
     raw: Vec<u8>,
     line: String,
+    /// The header lines, lowercased, one per line.
+    headers: String,
     content_length: u64,
     rest: Vec<u8>,
 }
@@ -319,7 +331,10 @@ async fn read_head(client: &mut TcpStream) -> Option<Head> {
     let line = lines.next()?.to_string();
     let mut content_length = 0;
     let mut raw = format!("{line}\r\n").into_bytes();
+    let mut headers = String::new();
     for h in lines.filter(|l| !l.is_empty()) {
+        headers.push_str(&h.to_ascii_lowercase());
+        headers.push('\n');
         let (name, value) = h.split_once(':').unwrap_or((h, ""));
         if name.eq_ignore_ascii_case("content-length") {
             content_length = value.trim().parse().unwrap_or(0);
@@ -334,6 +349,7 @@ async fn read_head(client: &mut TcpStream) -> Option<Head> {
     Some(Head {
         raw,
         line,
+        headers,
         content_length,
         rest,
     })
@@ -391,7 +407,7 @@ async fn http_conn(st: Arc<State>, n: u64, mut client: TcpStream) {
         tokio::time::sleep(Duration::from_millis(st.args.latency_ms)).await;
     }
     let mut strip = None;
-    match st.decide(&line) {
+    match st.decide(&line, &head.headers) {
         Some(Action::Status(status, code)) => {
             drain(&mut client, head.content_length, head.rest.len()).await;
             st.log(n, &format!("{line} -> {status} {code}"));

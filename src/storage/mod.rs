@@ -15,7 +15,7 @@ pub mod local;
 pub mod s3;
 
 pub use local::LocalConfig;
-pub use s3::{LockMode, S3Config, Sse};
+pub use s3::{Checksum, LockMode, S3Config, Sse};
 
 use anyhow::Result;
 use async_trait::async_trait;

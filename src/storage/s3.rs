@@ -8,17 +8,35 @@
 //! in-flight parts and aborts the upload, so no parts are left billed in the bucket.
 //! Transient errors are retried by the SDK's standard retry mode (exponential backoff
 //! with jitter) up to `max_attempts`.
+//!
+//! Stores as they are (see docs/s3-stores.md):
+//! - request checksums follow `--s3-checksum` ([`Checksum`]): one algorithm on every
+//!   upload request, read back by HEAD after the upload like the protections; the
+//!   SDK's own choice; or none where the operation does not require one (stores that
+//!   refuse the SDK's flexible checksums);
+//! - every part but the last is exactly `part_size` bytes (Cloudflare R2 requires
+//!   equal parts);
+//! - responses are not checksum-validated by the SDK, except small objects read whole
+//!   (their single-part checksum): the read side hashes every object against its
+//!   manifest's sha256, and the SDK cannot validate a multipart object's part-level
+//!   checksum (it would warn on every read);
+//! - objects are deleted one at a time (DeleteObject), never by DeleteObjects, so no
+//!   store's Content-MD5 requirement for batch deletes applies;
+//! - an error names the store's answer (HTTP status, code, message, request id) and,
+//!   for a request the store refused, the features the request asked for.
 
 use super::{ObjectInfo, ObjectWriter, Storage, Unfinished};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
     ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -44,6 +62,143 @@ pub struct S3Config {
     pub object_lock: Option<(LockMode, u32)>,
     /// A requested protection the store does not apply is a warning, not a failure.
     pub allow_unapplied_protection: bool,
+    /// Request checksums (`--s3-checksum`).
+    pub checksum: Checksum,
+}
+
+/// Which checksum requests that carry data (parts, small objects) are sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// The SDK's defaults: a checksum of its choice (CRC32 today) on every request
+    /// that supports one; nothing is named or read back.
+    Auto,
+    /// Only where an operation requires one (no upload does): for stores that refuse
+    /// the SDK's flexible checksums (`x-amz-checksum-*`, `x-amz-sdk-checksum-algorithm`,
+    /// aws-chunked trailers). The body is still signed (SigV4's payload hash).
+    WhenRequired,
+    /// This algorithm on every part and small object, and read back by HEAD after the
+    /// upload (a store that did not keep it fails the run, as an unapplied protection).
+    Fixed(FixedChecksum),
+}
+
+/// The algorithms `--s3-checksum` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixedChecksum {
+    Crc32,
+    Crc32c,
+    Crc64Nvme,
+    Sha1,
+    Sha256,
+}
+
+impl Checksum {
+    /// Today's behaviour and the default: SHA-256 on every part, kept by SeaweedFS,
+    /// Garage, moto and AWS alike.
+    pub const DEFAULT: Checksum = Checksum::Fixed(FixedChecksum::Sha256);
+
+    /// The names `--s3-checksum` takes.
+    pub const NAMES: &'static [&'static str] = &[
+        "auto",
+        "when-required",
+        "crc32",
+        "crc32c",
+        "crc64nvme",
+        "sha1",
+        "sha256",
+    ];
+
+    pub fn parse(s: &str) -> Option<Checksum> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "auto" => Checksum::Auto,
+            "when-required" | "when_required" => Checksum::WhenRequired,
+            "crc32" => Checksum::Fixed(FixedChecksum::Crc32),
+            "crc32c" => Checksum::Fixed(FixedChecksum::Crc32c),
+            "crc64nvme" => Checksum::Fixed(FixedChecksum::Crc64Nvme),
+            "sha1" => Checksum::Fixed(FixedChecksum::Sha1),
+            "sha256" => Checksum::Fixed(FixedChecksum::Sha256),
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Checksum::Auto => "auto",
+            Checksum::WhenRequired => "when-required",
+            Checksum::Fixed(f) => f.name(),
+        }
+    }
+
+    /// The algorithm named on a small object's PutObject (`auto`: none, the SDK
+    /// chooses).
+    fn algorithm(self) -> Option<ChecksumAlgorithm> {
+        match self {
+            Checksum::Fixed(f) => Some(f.algorithm()),
+            _ => None,
+        }
+    }
+
+    /// The algorithm of a multipart upload: named on CreateMultipartUpload, sent with
+    /// every part and repeated in CompleteMultipartUpload. A store such as AWS refuses
+    /// parts whose checksum the upload did not announce, so `auto` names the SDK's own
+    /// default (CRC32) rather than leave the parts to differ from their upload.
+    fn multipart(self) -> Option<FixedChecksum> {
+        match self {
+            Checksum::Fixed(f) => Some(f),
+            Checksum::Auto => Some(FixedChecksum::Crc32),
+            Checksum::WhenRequired => None,
+        }
+    }
+}
+
+impl FixedChecksum {
+    pub fn name(self) -> &'static str {
+        match self {
+            FixedChecksum::Crc32 => "crc32",
+            FixedChecksum::Crc32c => "crc32c",
+            FixedChecksum::Crc64Nvme => "crc64nvme",
+            FixedChecksum::Sha1 => "sha1",
+            FixedChecksum::Sha256 => "sha256",
+        }
+    }
+
+    fn algorithm(self) -> ChecksumAlgorithm {
+        match self {
+            FixedChecksum::Crc32 => ChecksumAlgorithm::Crc32,
+            FixedChecksum::Crc32c => ChecksumAlgorithm::Crc32C,
+            FixedChecksum::Crc64Nvme => ChecksumAlgorithm::Crc64Nvme,
+            FixedChecksum::Sha1 => ChecksumAlgorithm::Sha1,
+            FixedChecksum::Sha256 => ChecksumAlgorithm::Sha256,
+        }
+    }
+
+    /// This algorithm's value in a HEAD answer (`x-amz-checksum-*`), if the store
+    /// returned one.
+    fn in_head(self, h: &aws_sdk_s3::operation::head_object::HeadObjectOutput) -> Option<&str> {
+        match self {
+            FixedChecksum::Crc32 => h.checksum_crc32(),
+            FixedChecksum::Crc32c => h.checksum_crc32_c(),
+            FixedChecksum::Crc64Nvme => h.checksum_crc64_nvme(),
+            FixedChecksum::Sha1 => h.checksum_sha1(),
+            FixedChecksum::Sha256 => h.checksum_sha256(),
+        }
+    }
+
+    /// A part's checksum as the store answered UploadPart, put on its `CompletedPart`
+    /// (CompleteMultipartUpload must repeat them when the upload named an algorithm).
+    fn on_part(
+        self,
+        part: aws_sdk_s3::types::builders::CompletedPartBuilder,
+        out: &aws_sdk_s3::operation::upload_part::UploadPartOutput,
+    ) -> aws_sdk_s3::types::builders::CompletedPartBuilder {
+        let v = |s: Option<&str>| s.map(str::to_string);
+        match self {
+            FixedChecksum::Crc32 => part.set_checksum_crc32(v(out.checksum_crc32())),
+            FixedChecksum::Crc32c => part.set_checksum_crc32_c(v(out.checksum_crc32_c())),
+            FixedChecksum::Crc64Nvme => part.set_checksum_crc64_nvme(v(out.checksum_crc64_nvme())),
+            FixedChecksum::Sha1 => part.set_checksum_sha1(v(out.checksum_sha1())),
+            FixedChecksum::Sha256 => part.set_checksum_sha256(v(out.checksum_sha256())),
+        }
+    }
 }
 
 /// Server-side encryption of stored objects.
@@ -74,12 +229,13 @@ pub struct S3Storage {
 }
 
 /// What every write (and, for SSE-C, every read) carries: server-side encryption,
-/// Object Lock retention. Checksums (SHA-256 per part) and conditional writes
+/// Object Lock retention, the request checksum. Conditional writes
 /// (`If-None-Match: *`) are always on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Protect {
     sse: Option<Sse>,
     lock: Option<(LockMode, u32)>,
+    checksum: Checksum,
     /// `--allow-unapplied-protection`: a protection the store ignores is a warning.
     allow_unapplied: bool,
 }
@@ -89,7 +245,11 @@ struct Protect {
 /// answers the PUT with 200 all the same). `Ok` when everything asked for is applied,
 /// or when the operator allowed it not to be (then with a warning).
 async fn check_applied(client: &Client, bucket: &str, key: &str, protect: &Protect) -> Result<()> {
-    if protect.sse.is_none() && protect.lock.is_none() {
+    let checksum = match protect.checksum {
+        Checksum::Fixed(f) => Some(f),
+        _ => None,
+    };
+    if protect.sse.is_none() && protect.lock.is_none() && checksum.is_none() {
         return Ok(());
     }
     let h = client
@@ -97,12 +257,13 @@ async fn check_applied(client: &Client, bucket: &str, key: &str, protect: &Prote
         .bucket(bucket)
         .key(key)
         .sse_c(protect.sse_c())
+        .set_checksum_mode(checksum.map(|_| ChecksumMode::Enabled))
         .send()
         .await
         .map_err(|e| {
             anyhow!(
                 "cannot read back what the store applied to {key}: {}",
-                describe_error(&e)
+                refused(&e, protect, Req::Read)
             )
         })?;
     let mut missing = Vec::new();
@@ -159,6 +320,16 @@ async fn check_applied(client: &Client, bucket: &str, key: &str, protect: &Prote
             ));
         }
     }
+    if let Some(f) = checksum {
+        if f.in_head(&h).is_none_or(str::is_empty) {
+            missing.push(format!(
+                "the {} checksum (--s3-checksum {}; the store returned none; \
+                 --s3-checksum auto or when-required asks for none)",
+                f.algorithm().as_str(),
+                f.name()
+            ));
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -174,6 +345,30 @@ async fn check_applied(client: &Client, bucket: &str, key: &str, protect: &Prote
 }
 
 impl Protect {
+    /// The features a request of this kind asks the store for, as the flags name them.
+    fn asked(&self, req: Req) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.sse {
+            Some(Sse::Customer { .. }) => out.push("SSE-C (--sse-c-key)".to_string()),
+            Some(Sse::S3) if req == Req::Write => out.push("SSE-S3 (--sse AES256)".into()),
+            Some(Sse::Kms(_)) if req == Req::Write => out.push("SSE-KMS (--sse aws:kms)".into()),
+            _ => {}
+        }
+        if req == Req::Write {
+            if let Some((_, days)) = self.lock {
+                out.push(format!("Object Lock (--object-lock-days {days})"));
+            }
+            match self.checksum {
+                Checksum::WhenRequired => {}
+                c => out.push(format!(
+                    "the SDK's flexible checksums (--s3-checksum {}; when-required sends none)",
+                    c.name()
+                )),
+            }
+        }
+        out
+    }
+
     fn sse_c(&self) -> Option<(&str, &str)> {
         match &self.sse {
             Some(Sse::Customer { key, key_md5 }) => Some((key, key_md5)),
@@ -264,6 +459,16 @@ pub async fn client(cfg: &S3Config) -> anyhow::Result<Client> {
     let shared = loader.load().await;
     let mut b = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(cfg.force_path_style)
+        // `when-required`: no flexible checksum on any request that does not need one;
+        // otherwise the SDK's default, with the algorithm named per request.
+        .request_checksum_calculation(match cfg.checksum {
+            Checksum::WhenRequired => RequestChecksumCalculation::WhenRequired,
+            _ => RequestChecksumCalculation::WhenSupported,
+        })
+        // Reads: the read side hashes every object against its manifest's sha256; the
+        // SDK could not validate a multipart object's part-level checksum anyway (and
+        // warns on every such read). Small objects ask for validation themselves.
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .interceptor(RepeatedSseCMd5);
     if let Some(ep) = &cfg.endpoint {
         b = b.endpoint_url(ep);
@@ -327,20 +532,93 @@ impl aws_sdk_s3::config::Intercept for RepeatedSseCMd5 {
     }
 }
 
-/// One line describing an SDK error, with the HTTP status when there is one.
-pub fn describe_error<E, R>(e: &SdkError<E, R>) -> String
+/// One line describing an SDK error: for an answer of the store, its HTTP status,
+/// error code, message and request id (whichever it gave; a HEAD answer has no body,
+/// so often only the status); otherwise the whole chain of causes (timeout,
+/// connection, TLS, ...).
+pub fn describe_error<E>(e: &SdkError<E, HttpResponse>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
+    let status = e.raw_response().map(|r| r.status().as_u16());
     match e {
-        SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or("error");
-            let msg = se.err().message().unwrap_or("");
-            format!("{code}{}{msg}", if msg.is_empty() { "" } else { ": " })
-        }
+        SdkError::ServiceError(se) => store_answer(status, se.err().meta()),
+        SdkError::ResponseError(_) if status.is_some() => format!(
+            "{} (an answer the SDK could not read: {})",
+            store_answer(status, &Default::default()),
+            DisplayErrorContext(e)
+        ),
         other => format!("{}", DisplayErrorContext(other)),
     }
+}
+
+/// Whether a request writes an object (and so carries every protection asked for) or
+/// reads one (SSE-C only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Req {
+    Read,
+    Write,
+}
+
+/// [`describe_error`], and for a request the store refused as unsupported or invalid
+/// (400, 403, 405, 411, 501), the features this request asked for: a store that lacks
+/// one answers so (Garage and SSE-C, B2 and the SDK's checksums), often with a terse
+/// message or, for a HEAD, none at all.
+fn refused<E>(e: &SdkError<E, HttpResponse>, protect: &Protect, req: Req) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let what = describe_error(e);
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let asked = protect.asked(req);
+    if !matches!(status, Some(400 | 403 | 405 | 411 | 501)) || asked.is_empty() {
+        return what;
+    }
+    format!(
+        "{what}; the request asked for {}: a store that lacks one of these refuses it \
+         (see the S3 stores page of the documentation for what each store needs)",
+        asked.join(", ")
+    )
+}
+
+/// The store's answer to a refused request: `HTTP 400 Bad Request, code X: message
+/// (request id Y)`, with every part the store gave.
+fn store_answer(status: Option<u16>, meta: &aws_sdk_s3::error::ErrorMetadata) -> String {
+    let mut out = match status {
+        Some(s) => {
+            let reason = match s {
+                400 => " Bad Request",
+                401 => " Unauthorized",
+                403 => " Forbidden",
+                404 => " Not Found",
+                405 => " Method Not Allowed",
+                409 => " Conflict",
+                411 => " Length Required",
+                412 => " Precondition Failed",
+                416 => " Range Not Satisfiable",
+                429 => " Too Many Requests",
+                500 => " Internal Server Error",
+                501 => " Not Implemented",
+                502 => " Bad Gateway",
+                503 => " Service Unavailable",
+                504 => " Gateway Timeout",
+                _ => "",
+            };
+            format!("HTTP {s}{reason}")
+        }
+        None => "the store refused it".to_string(),
+    };
+    match (meta.code(), meta.message().filter(|m| !m.is_empty())) {
+        (Some(c), Some(m)) => out.push_str(&format!(", code {c}: {m}")),
+        (Some(c), None) => out.push_str(&format!(", code {c} (no message)")),
+        (None, Some(m)) => out.push_str(&format!(": {m}")),
+        (None, None) => out.push_str(" with no error code or message"),
+    }
+    let id = meta.extra("aws_request_id").or(meta.extra("request_id"));
+    if let Some(id) = id.filter(|i| !i.is_empty()) {
+        out.push_str(&format!(" (request id {id})"));
+    }
+    out
 }
 
 impl S3Storage {
@@ -361,6 +639,7 @@ impl S3Storage {
             protect: Protect {
                 sse: cfg.sse.clone(),
                 lock: cfg.object_lock,
+                checksum: cfg.checksum,
                 allow_unapplied: cfg.allow_unapplied_protection,
             },
         })
@@ -420,7 +699,7 @@ impl Storage for S3Storage {
             .key(key)
             .content_type("application/octet-stream")
             .set_storage_class(self.storage_class.clone())
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_checksum_algorithm(self.protect.checksum.multipart().map(|f| f.algorithm()))
             .set_server_side_encryption(self.protect.server_side())
             .set_ssekms_key_id(self.protect.kms_key())
             .sse_c(self.protect.sse_c())
@@ -432,7 +711,7 @@ impl Storage for S3Storage {
                 anyhow!(
                     "cannot start the upload to {}: {}",
                     self.where_,
-                    describe_error(&e)
+                    refused(&e, &self.protect, Req::Write)
                 )
             })?;
         let upload_id = out
@@ -463,7 +742,7 @@ impl Storage for S3Storage {
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/json")
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_checksum_algorithm(self.protect.checksum.algorithm())
             .set_server_side_encryption(self.protect.server_side())
             .set_ssekms_key_id(self.protect.kms_key())
             .sse_c(self.protect.sse_c())
@@ -502,7 +781,7 @@ impl Storage for S3Storage {
             Err(e) => Err(anyhow!(
                 "cannot write {key} to {}: {}",
                 self.where_,
-                describe_error(&e)
+                refused(&e, &self.protect, Req::Write)
             )),
         }
     }
@@ -520,7 +799,7 @@ impl Storage for S3Storage {
                 anyhow!(
                     "cannot read {key} from {}: {}",
                     self.where_,
-                    describe_error(&e)
+                    refused(&e, &self.protect, Req::Read)
                 )
             })?;
         Ok(Box::new(out.body.into_async_read()))
@@ -564,13 +843,18 @@ impl Storage for S3Storage {
             .bucket(&self.bucket)
             .key(key)
             .sse_c(self.protect.sse_c())
+            // A small object is one part: its checksum, if the store keeps one, is the
+            // whole object's, which the SDK validates.
+            .set_checksum_mode(
+                (self.protect.checksum != Checksum::WhenRequired).then_some(ChecksumMode::Enabled),
+            )
             .send()
             .await
             .map_err(|e| {
                 anyhow!(
                     "cannot read {key} from {}: {}",
                     self.where_,
-                    describe_error(&e)
+                    refused(&e, &self.protect, Req::Read)
                 )
             })?;
         // Refuse a large object before reading it (its length as the store says), and
@@ -606,7 +890,7 @@ impl Storage for S3Storage {
             Err(e) => Err(anyhow!(
                 "cannot check {key} in {}: {}",
                 self.where_,
-                describe_error(&e)
+                refused(&e, &self.protect, Req::Read)
             )),
         }
     }
@@ -677,7 +961,7 @@ impl Storage for S3Storage {
                         "cannot list the parts of the unfinished upload {} in {}: {}",
                         u.key,
                         self.where_,
-                        describe_error(&e)
+                        refused(&e, &self.protect, Req::Read)
                     )
                 })?;
             for p in page.parts() {
@@ -894,6 +1178,8 @@ impl S3Writer {
             self.key.clone(),
             self.upload_id().to_string(),
         );
+        let checksum = self.protect.checksum.multipart();
+        let protect = self.protect.clone();
         self.in_flight.spawn(async move {
             let len = body.len();
             let out = client
@@ -903,7 +1189,7 @@ impl S3Writer {
                 .upload_id(upload_id)
                 .part_number(number)
                 .content_length(len as i64)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .set_checksum_algorithm(checksum.map(|f| f.algorithm()))
                 .sse_c(sse_c.as_ref().map(|(k, m)| (k.as_str(), m.as_str())))
                 .body(ByteStream::from(body))
                 .send()
@@ -911,15 +1197,18 @@ impl S3Writer {
                 .map_err(|e| {
                     anyhow!(
                         "upload of part {number} of {key} failed: {}",
-                        describe_error(&e)
+                        refused(&e, &protect, Req::Write)
                     )
                 })?;
             tracing::debug!(part = number, bytes = len, "part stored");
-            Ok(CompletedPart::builder()
+            let part = CompletedPart::builder()
                 .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
-                .build())
+                .set_e_tag(out.e_tag().map(str::to_string));
+            Ok(match checksum {
+                Some(f) => f.on_part(part, &out),
+                None => part,
+            }
+            .build())
         });
         Ok(())
     }
@@ -1010,7 +1299,7 @@ impl ObjectWriter for S3Writer {
                         anyhow!(
                             "cannot complete the upload of {}: {}",
                             self.key,
-                            describe_error(&e)
+                            refused(&e, &self.protect, Req::Write)
                         )
                     }
                 })?;
@@ -1074,5 +1363,60 @@ impl Drop for S3Writer {
                     .await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::error::ErrorMetadata;
+
+    #[test]
+    fn a_stores_answer_says_everything_it_gave() {
+        let full = ErrorMetadata::builder()
+            .code("NotImplemented")
+            .message("SSE-C is not supported")
+            .custom("aws_request_id", "r-1")
+            .build();
+        assert_eq!(
+            store_answer(Some(501), &full),
+            "HTTP 501 Not Implemented, code NotImplemented: SSE-C is not supported (request id r-1)"
+        );
+        // A HEAD answer has no body: only its status (this used to read "error").
+        assert_eq!(
+            store_answer(Some(400), &ErrorMetadata::default()),
+            "HTTP 400 Bad Request with no error code or message"
+        );
+        let code = ErrorMetadata::builder().code("InvalidArgument").build();
+        assert_eq!(
+            store_answer(Some(418), &code),
+            "HTTP 418, code InvalidArgument (no message)"
+        );
+    }
+
+    #[test]
+    fn a_refused_write_names_what_it_asked_for() {
+        let protect = Protect {
+            sse: Some(Sse::S3),
+            lock: Some((LockMode::Governance, 3)),
+            checksum: Checksum::DEFAULT,
+            allow_unapplied: false,
+        };
+        assert_eq!(
+            protect.asked(Req::Write),
+            [
+                "SSE-S3 (--sse AES256)",
+                "Object Lock (--object-lock-days 3)",
+                "the SDK's flexible checksums (--s3-checksum sha256; when-required sends none)"
+            ]
+        );
+        assert!(protect.asked(Req::Read).is_empty());
+        let quiet = Protect {
+            sse: None,
+            lock: None,
+            checksum: Checksum::WhenRequired,
+            allow_unapplied: false,
+        };
+        assert!(quiet.asked(Req::Write).is_empty());
     }
 }

@@ -28,6 +28,8 @@ pub fn bin() -> &'static str {
 }
 
 /// The test bed's settings (`$LEAFLOCK_TESTBED_DIR/env`, written by `testbed.sh start`).
+/// A `LEAFLOCK_TEST_S3_*` variable in the tests' own environment overrides the file's:
+/// that is how `scripts/s3-compat.sh` points the S3 tests at another store.
 pub struct Testbed {
     vars: HashMap<String, String>,
 }
@@ -45,7 +47,7 @@ pub fn testbed() -> &'static Testbed {
                 path.display()
             )
         });
-        let vars = text
+        let mut vars: HashMap<String, String> = text
             .lines()
             .filter_map(|l| {
                 let l = l.trim().strip_prefix("export ").unwrap_or(l.trim());
@@ -56,6 +58,7 @@ pub fn testbed() -> &'static Testbed {
                 ))
             })
             .collect();
+        vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("LEAFLOCK_TEST_S3_")));
         Testbed { vars }
     })
 }
@@ -83,6 +86,22 @@ impl Testbed {
     pub fn pushgateway(&self) -> String {
         self.var("LEAFLOCK_TEST_PUSHGATEWAY_URL")
     }
+}
+
+/// Whether the S3 store under test lacks `feature` (`object-lock`, `sse-s3`, `sse-c`,
+/// `conditional-writes`, ...), as `LEAFLOCK_TEST_S3_LACKS` (comma-separated) says: only
+/// `scripts/s3-compat.sh` sets it, for a store it knows to lack the feature. A test that
+/// needs the feature then prints why it is skipped and returns; the test bed's store
+/// lacks nothing.
+pub fn store_lacks(feature: &str) -> bool {
+    let lacks = testbed()
+        .var_opt("LEAFLOCK_TEST_S3_LACKS")
+        .unwrap_or_default();
+    let lacking = lacks.split(',').any(|f| f.trim() == feature);
+    if lacking {
+        println!("SKIPPED: the store under test lacks {feature} (LEAFLOCK_TEST_S3_LACKS={lacks})");
+    }
+    lacking
 }
 
 /// A PostgreSQL server of the test bed.
