@@ -535,7 +535,8 @@ async fn permissions(storage: &dyn Storage, plan: &Plan<'_>, run_id: &str, fix: 
     if problem.is_empty() {
         pass(
             what,
-            "write, read, list, multipart upload and abort, delete: all allowed (probe objects removed)",
+            "write (the checksum and SSE asked for read back), read, list, multipart upload \
+             and abort, delete: all allowed (probe objects removed)",
         )
     } else {
         fail(what, problem.join("; "), fix)

@@ -1081,7 +1081,7 @@ impl Storage for S3Storage {
             .bucket(&self.bucket)
             .key(key)
             .content_type("text/plain")
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_checksum_algorithm(self.protect.checksum.algorithm())
             .set_server_side_encryption(self.protect.server_side())
             .set_ssekms_key_id(self.protect.kms_key())
             .sse_c(self.protect.sse_c())
