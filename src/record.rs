@@ -30,6 +30,26 @@ pub struct DrillRecord {
     /// backup, so a signed record cannot vouch for another object at the same key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Tables whose content digest was recomputed from the restored database.
+    #[serde(default)]
+    pub digests_checked: usize,
+    /// Whether the backup's manifest had content digests and every one matched the
+    /// restored rows ("content verified"); false for a backup without digests,
+    /// whose drill proves row counts only ("counts only").
+    #[serde(default)]
+    pub content_verified: bool,
+}
+
+impl DrillRecord {
+    /// What the drill proved, in a few words: `content verified`, `counts only`, or
+    /// `failed`.
+    pub fn proof(&self) -> &'static str {
+        match (self.passed, self.content_verified) {
+            (true, true) => "content verified",
+            (true, false) => "counts only",
+            (false, _) => "failed",
+        }
+    }
 }
 
 /// Stored beside a suspect backup (`….suspect.json`).

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "formats and places",
         &[
             "scope",
+            "archive",
             "manifest",
             "record",
             "crypto",
