@@ -610,17 +610,32 @@ impl BufRead for ChannelBuf {
 
 /// Start reading an archive on its own thread; send it the archive's bytes in order,
 /// then drop the sender and join the handle. A reader that fails stops receiving (the
-/// sender sees a closed channel) and returns its error.
+/// sender sees a closed channel) and returns its error. The handle also yields the
+/// CPU seconds the thread used (what digesting costs).
 pub fn spawn_reader() -> (
     tokio::sync::mpsc::Sender<Bytes>,
-    std::thread::JoinHandle<Result<Archive>>,
+    std::thread::JoinHandle<(Result<Archive>, f64)>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let handle = std::thread::Builder::new()
         .name("archive-digest".into())
-        .spawn(move || read(ChannelBuf::new(rx)))
+        .spawn(move || {
+            let r = read(ChannelBuf::new(rx));
+            (r, thread_cpu_seconds())
+        })
         .expect("spawning the archive reader thread");
     (tx, handle)
+}
+
+/// CPU seconds (user + system) of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 #[cfg(test)]

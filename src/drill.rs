@@ -10,7 +10,8 @@
 //! session settings pg_dump's COPY text was written with (`dump::COPY_SETTINGS`, the
 //! dump's client encoding), hashed as the backup hashed the archive's rows. Only a
 //! drill whose digests all matched is "content verified"; one of a backup without
-//! digests is "counts only". The scratch database is
+//! digests is "counts only". Then amcheck's index and heap checks (`amcheck.rs`),
+//! when the server has it. The scratch database is
 //! dropped afterwards — after a failure or a signal too — unless asked to keep it.
 //!
 //! The outcome is a [`DrillRecord`], written beside the manifest (`.drill.json`) by the
@@ -93,6 +94,7 @@ pub async fn drill(
         sha256: Some(manifest.sha256.clone()),
         digests_checked: 0,
         content_verified: false,
+        amcheck: None,
     };
     tracing::info!(
         key = %manifest.object_key,
@@ -291,6 +293,25 @@ async fn check(
             failures.push(format!("index {i} is missing from the restored database"));
         }
     }
+    let amcheck = crate::amcheck::check(&client).await;
+    match amcheck.status.as_str() {
+        "unavailable" => tracing::warn!(
+            note = amcheck.note.as_deref().unwrap_or(""),
+            "restore drill: indexes and heaps not checked: {}",
+            amcheck.note.as_deref().unwrap_or("amcheck unavailable")
+        ),
+        _ => tracing::info!(
+            status = %amcheck.status,
+            indexes = amcheck.indexes_checked,
+            heaps = amcheck.heaps_checked,
+            "restore drill: amcheck {} ({} B-tree indexes, {} heaps)",
+            amcheck.status,
+            amcheck.indexes_checked,
+            amcheck.heaps_checked
+        ),
+    }
+    failures.extend(amcheck.problems.iter().map(|p| format!("amcheck: {p}")));
+    rec.amcheck = Some(amcheck);
     for sql in checks {
         rec.checks_run += 1;
         match client.query_opt(sql.as_str(), &[]).await {

@@ -267,24 +267,25 @@ where
     read_res?;
     let sha256 = sha??;
     let digest_clock = Instant::now();
-    let archive = match tokio::task::spawn_blocking(move || digester.join()).await {
-        Ok(Ok(Ok(a))) => Some(a),
-        Ok(Ok(Err(e))) => {
+    let (archive, digest_cpu) = match tokio::task::spawn_blocking(move || digester.join()).await {
+        Ok(Ok((Ok(a), cpu))) => (Some(a), cpu),
+        Ok(Ok((Err(e), cpu))) => {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "the archive could not be read as it streamed, so this backup has no content digests (its drills check row counts only): {e:#}"
             );
-            None
+            (None, cpu)
         }
         _ => {
             tracing::warn!("the archive reader stopped; this backup has no content digests");
-            None
+            (None, 0.0)
         }
     };
     tracing::debug!(
+        digest_cpu_seconds = digest_cpu,
         waited_seconds = digest_clock.elapsed().as_secs_f64(),
         tables = archive.as_ref().map(|a| a.tables.len()),
-        "archive digests"
+        "archive digests: CPU of the thread that read the archive and hashed its rows"
     );
     let uncompressed = counters.dumped();
     if uncompressed == 0 {

@@ -38,6 +38,27 @@ pub struct DrillRecord {
     /// whose drill proves row counts only ("counts only").
     #[serde(default)]
     pub content_verified: bool,
+    /// What amcheck found in the restored database (absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amcheck: Option<AmcheckOutcome>,
+}
+
+/// The outcome of the index and heap checks (`amcheck.rs`) of a drill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AmcheckOutcome {
+    /// `passed`, `failed` (see `problems`) or `unavailable` (see `note`).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub indexes_checked: usize,
+    pub heaps_checked: usize,
+    /// One line per problem, naming the index or table.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Why something was not checked (no amcheck on the server, no privilege, an old
+    /// server without heap checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl DrillRecord {

@@ -109,6 +109,15 @@ fn assert_content_verified(m: &Value, rec: &Value, r: &RunResult) {
     assert_eq!(empty["rows"], 0);
     assert_eq!(content_table(m, "Other Schema", "Mixed Case")["rows"], 3);
     assert_eq!(content_table(m, "public", "no_columns")["rows"], 2);
+    // amcheck (contrib) is on both servers of the test bed, and the drill role may
+    // create it: every B-tree index and heap of the restored tables was checked.
+    let am = &rec["amcheck"];
+    assert_eq!(am["status"], "passed", "{rec}");
+    assert!(am["indexes_checked"].as_u64().unwrap() >= 10, "{am}");
+    assert!(
+        am["heaps_checked"].as_u64().unwrap() as usize >= m["tables"].as_array().unwrap().len(),
+        "{am}"
+    );
     // Every table with rows counted has a digest with the same count.
     for t in m["tables"].as_array().unwrap() {
         let d = content_table(
@@ -312,4 +321,64 @@ fn a_backup_without_digests_is_counts_only() {
     let v = run(verify_cmd(pg, &prefix));
     v.expect_code(0);
     assert!(v.stdout.contains("counts only"), "{}", v.stdout);
+}
+
+/// A drill role that may not create amcheck (it is not a trusted extension): the
+/// drill says so in its record and still passes, content verified.
+#[test]
+fn without_amcheck_the_drill_reports_it_and_still_passes() {
+    let pg = Pg::V15;
+    let name = unique("content_noam");
+    let db = awkward_db(pg, &name);
+    let prefix = unique("content_noam");
+    let mut cmd = s3_run(&db.url, &prefix, &name);
+    cmd.env("PATH", pg.path_env());
+    run(cmd).expect_code(0);
+
+    let role = unique("drill_role");
+    let pw = testbed().pg_password();
+    psql(
+        pg,
+        &pg.admin_url(),
+        &format!("CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{pw}'"),
+    );
+    struct DropRole(Pg, String);
+    impl Drop for DropRole {
+        fn drop(&mut self) {
+            let _ = std::panic::catch_unwind(|| {
+                psql(
+                    self.0,
+                    &self.0.admin_url(),
+                    &format!("DROP ROLE IF EXISTS {}", self.1),
+                )
+            });
+        }
+    }
+    let _guard = DropRole(pg, role.clone());
+    let admin = pg.admin_url();
+    let (scheme_user, rest) = admin.split_once('@').unwrap();
+    let scheme = scheme_user.split("//").next().unwrap();
+    let url = format!("{scheme}//{role}:{pw}@{rest}");
+
+    let mut drill = drill_cmd(pg, &prefix);
+    drill.env("LEAFLOCK_BACKUP_DATABASE_URL", &url);
+    let r = run(drill);
+    r.expect_code(0);
+    assert!(
+        r.line("indexes and heaps not checked").is_some(),
+        "{}",
+        r.stderr
+    );
+    assert_no_scratch_left(pg, &r);
+    let rec = s3_json(&one_key(&prefix, ".drill.json"));
+    assert_eq!(rec["passed"], true, "{rec}");
+    assert_eq!(rec["content_verified"], true, "{rec}");
+    assert_eq!(rec["amcheck"]["status"], "unavailable", "{rec}");
+    assert!(
+        rec["amcheck"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("amcheck could not be installed"),
+        "{rec}"
+    );
 }

@@ -48,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "pipeline",
             "readback",
+            "amcheck",
             "backup",
             "restore",
             "drill",

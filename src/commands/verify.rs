@@ -65,7 +65,7 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
     .with_context(|| format!("{} is NOT intact", entry.key))?;
     let proof = match (&manifest.content, reader) {
         (Some(content), Some(reader)) => {
-            let read = tokio::task::spawn_blocking(move || reader.join())
+            let (read, _cpu) = tokio::task::spawn_blocking(move || reader.join())
                 .await
                 .map_err(|e| anyhow!("the archive reader failed: {e}"))?
                 .map_err(|_| anyhow!("the archive reader panicked"))?;

@@ -538,6 +538,7 @@ mod tests {
             sha256: None,
             digests_checked: 0,
             content_verified: false,
+            amcheck: None,
         });
         Entry {
             key: m.object_key.clone(),
