@@ -49,6 +49,12 @@ fn verify_cmd(pg: Pg, prefix: &str) -> Command {
     cmd
 }
 
+/// Seconds since the epoch of an RFC 3339 time.
+fn chrono_seconds(t: &str) -> f64 {
+    let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    t.timestamp_millis() as f64 / 1000.0
+}
+
 fn content_table<'a>(m: &'a Value, schema: &str, name: &str) -> &'a Value {
     m["content"]["tables"]
         .as_array()
@@ -144,6 +150,18 @@ fn pg15_gzip_and_pg18_zstd_backups_are_content_verified() {
         }
         assert_eq!(m["content"]["encoding"], "UTF8");
         assert_content_verified(&m, &rec, &r);
+        let pushed = pushed_metrics(&name);
+        assert_eq!(
+            pushed.get("leaflock_restore_drill_content_verified"),
+            Some(&1.0),
+            "{pushed:?}"
+        );
+        let made = chrono_seconds(m["finished_at"].as_str().unwrap());
+        let newest = pushed["leaflock_backup_last_content_verified_timestamp_seconds"];
+        assert!(
+            (newest - made).abs() < 0.01,
+            "{newest} vs the backup's {made}"
+        );
 
         let list = run(s3_cmd("list", &prefix));
         list.expect_code(0);
@@ -305,8 +323,18 @@ fn a_backup_without_digests_is_counts_only() {
         .expect("content digests");
     s3_put(&mkey, serde_json::to_vec_pretty(&m).unwrap());
 
-    let r = run(drill_cmd(pg, &prefix));
+    let group = unique("counts_only_group");
+    let mut drill = drill_cmd(pg, &prefix);
+    drill.env("LEAFLOCK_BACKUP_METRICS_DATABASE", &group);
+    let r = run(drill);
     r.expect_code(0);
+    let pushed = pushed_metrics(&group);
+    assert_eq!(
+        pushed.get("leaflock_restore_drill_content_verified"),
+        Some(&0.0),
+        "{pushed:?}"
+    );
+    assert!(!pushed.contains_key("leaflock_backup_last_content_verified_timestamp_seconds"));
     assert!(
         r.line("restore drill passed (counts only)").is_some(),
         "{}",
