@@ -167,6 +167,19 @@ fn pg15_gzip_and_pg18_zstd_backups_are_content_verified() {
         list.expect_code(0);
         assert!(list.stdout.contains("content verified"), "{}", list.stdout);
 
+        // restore --list: the tables from the manifest, no target database needed.
+        let mut tables = s3_cmd("restore", &prefix);
+        tables.arg("--list");
+        let tables = run(tables);
+        tables.expect_code(0);
+        let line = tables
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("public.awkward "))
+            .unwrap_or_else(|| panic!("{}", tables.stdout));
+        assert!(line.contains(AWKWARD_DIGEST), "{line}");
+        assert!(line.split_whitespace().nth(1) == Some("6"), "{line}");
+
         let v = run(verify_cmd(pg, &prefix));
         v.expect_code(0);
         assert!(v.stdout.contains("content verified"), "{}", v.stdout);
@@ -346,6 +359,18 @@ fn a_backup_without_digests_is_counts_only() {
     assert_eq!(rec["digests_checked"], 0);
     let list = run(s3_cmd("list", &prefix));
     assert!(list.stdout.contains("counts only"), "{}", list.stdout);
+    let mut tables = s3_cmd("restore", &prefix);
+    tables.arg("--list");
+    let tables = run(tables);
+    tables.expect_code(0);
+    assert!(
+        tables
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("public.awkward ") && l.contains("- (counts only)")),
+        "{}",
+        tables.stdout
+    );
     let v = run(verify_cmd(pg, &prefix));
     v.expect_code(0);
     assert!(v.stdout.contains("counts only"), "{}", v.stdout);
