@@ -281,6 +281,7 @@ pub async fn backup(
         tables: snap.tables,
         extensions: snap.extensions,
         indexes: snap.indexes,
+        content: stats.archive.clone().map(manifest::Content::from_archive),
     };
     // Signed when a signing key is configured: the signature covers the whole
     // manifest, the object's sha256 included.

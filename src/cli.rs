@@ -443,6 +443,11 @@ pub struct RestoreArgs {
     )]
     pub no_owner: bool,
 
+    /// Print the backup's tables with their row counts and content digests (from its
+    /// manifest) and restore nothing; no target database is needed.
+    #[arg(help_heading = "Restore", long, env = "LEAFLOCK_BACKUP_RESTORE_LIST")]
+    pub list: bool,
+
     /// Do not ask for confirmation on a terminal.
     #[arg(
         help_heading = "Restore",

@@ -4,7 +4,14 @@
 //! stream), checks its sha256 against the manifest while it streams, restores it with
 //! pg_restore into a scratch database `leaflock_drill_<run id>`, and checks the result
 //! against the manifest: every table with exactly the recorded row count, the
-//! extensions and indexes, and the operator's own SQL checks. The scratch database is
+//! extensions and indexes, the operator's own SQL checks, and — when the manifest has
+//! content digests — every table's rows: `COPY table (columns) TO STDOUT` from the
+//! scratch database, with the column list of the archive's COPY statement and the
+//! session settings pg_dump's COPY text was written with (`dump::COPY_SETTINGS`, the
+//! dump's client encoding), hashed as the backup hashed the archive's rows. Only a
+//! drill whose digests all matched is "content verified"; one of a backup without
+//! digests is "counts only". Then amcheck's index and heap checks (`amcheck.rs`),
+//! when the server has it. The scratch database is
 //! dropped afterwards — after a failure or a signal too — unless asked to keep it.
 //!
 //! The outcome is a [`DrillRecord`], written beside the manifest (`.drill.json`) by the
@@ -85,6 +92,9 @@ pub async fn drill(
         rows_checked: 0,
         checks_run: 0,
         sha256: Some(manifest.sha256.clone()),
+        digests_checked: 0,
+        content_verified: false,
+        amcheck: None,
     };
     tracing::info!(
         key = %manifest.object_key,
@@ -265,6 +275,11 @@ async fn check(
             )),
         }
     }
+    if let Some(content) = &manifest.content {
+        let before = failures.len();
+        check_content(&client, content, rec, &mut failures).await?;
+        rec.content_verified = failures.len() == before;
+    }
     let (extensions, indexes) = database::schema_objects(&client).await?;
     for e in &manifest.extensions {
         if !extensions.contains(e) {
@@ -278,6 +293,25 @@ async fn check(
             failures.push(format!("index {i} is missing from the restored database"));
         }
     }
+    let amcheck = crate::amcheck::check(&client).await;
+    match amcheck.status.as_str() {
+        "unavailable" => tracing::warn!(
+            note = amcheck.note.as_deref().unwrap_or(""),
+            "restore drill: indexes and heaps not checked: {}",
+            amcheck.note.as_deref().unwrap_or("amcheck unavailable")
+        ),
+        _ => tracing::info!(
+            status = %amcheck.status,
+            indexes = amcheck.indexes_checked,
+            heaps = amcheck.heaps_checked,
+            "restore drill: amcheck {} ({} B-tree indexes, {} heaps)",
+            amcheck.status,
+            amcheck.indexes_checked,
+            amcheck.heaps_checked
+        ),
+    }
+    failures.extend(amcheck.problems.iter().map(|p| format!("amcheck: {p}")));
+    rec.amcheck = Some(amcheck);
     for sql in checks {
         rec.checks_run += 1;
         match client.query_opt(sql.as_str(), &[]).await {
@@ -295,6 +329,103 @@ async fn check(
     }
     Ok(failures)
 }
+/// Recompute every table's content digest from the restored database and compare it
+/// with the manifest's; a difference is a failure naming the table and what differs.
+async fn check_content(
+    client: &tokio_postgres::Client,
+    content: &manifest::Content,
+    rec: &mut DrillRecord,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    if content.algorithm != manifest::CONTENT_ALGORITHM {
+        failures.push(format!(
+            "the manifest's content digests use {:?}, which this version cannot recompute",
+            content.algorithm
+        ));
+        return Ok(());
+    }
+    for (name, value) in crate::dump::COPY_SETTINGS {
+        client
+            .execute(
+                "SELECT pg_catalog.set_config($1, $2, false)",
+                &[name, value],
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot set {name} for the digest check: {}", db_error(&e))
+            })?;
+    }
+    if let Some(enc) = &content.encoding {
+        if let Err(e) = client
+            .execute(
+                "SELECT pg_catalog.set_config('client_encoding', $1, false)",
+                &[enc],
+            )
+            .await
+        {
+            failures.push(format!(
+                "cannot compare content in the dump's encoding {enc:?}: {}",
+                db_error(&e)
+            ));
+            return Ok(());
+        }
+    }
+    for t in &content.tables {
+        match table_digest(client, t).await {
+            Ok(found) => {
+                rec.digests_checked += 1;
+                if let Some(diff) = t.differences(&found) {
+                    failures.push(format!(
+                        "table {}: content differs from the backup's digest ({diff})",
+                        t.label()
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!(
+                "table {}: cannot recompute its content digest ({e:#})",
+                t.label()
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// `COPY schema.table (columns) TO STDOUT`, hashed row by row as it streams.
+async fn table_digest(
+    client: &tokio_postgres::Client,
+    t: &manifest::TableDigest,
+) -> Result<manifest::TableDigest> {
+    use futures::StreamExt;
+    let columns = if t.columns.is_empty() {
+        String::new()
+    } else {
+        let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
+        format!(" ({})", cols.join(", "))
+    };
+    let sql = format!(
+        "COPY {}.{}{columns} TO STDOUT",
+        quote_ident(&t.schema),
+        quote_ident(&t.name)
+    );
+    let stream = client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", db_error(&e)))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = crate::archive::RowSplitter::default();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| anyhow::anyhow!("{}", db_error(&e)))?;
+        rows.feed(&chunk);
+    }
+    let set = rows.finish();
+    Ok(manifest::TableDigest {
+        rows: set.rows,
+        bytes: set.bytes,
+        digest: set.hex(),
+        ..t.clone()
+    })
+}
+
 /// Write the drill record beside the manifest and log the outcome. A drill whose
 /// record cannot be written is not on record as verified (`list` and retention cannot
 /// see it), so it counts as failed: the run says so instead of claiming a verified
@@ -325,9 +456,13 @@ pub async fn record(
             tables = rec.tables_checked,
             rows = rec.rows_checked,
             checks = rec.checks_run,
-            "restore drill passed: {} tables, {} rows, {} checks match the manifest",
+            digests = rec.digests_checked,
+            proof = rec.proof(),
+            "restore drill passed ({}): {} tables, {} rows, {} content digests, {} checks match the manifest",
+            rec.proof(),
             rec.tables_checked,
             rec.rows_checked,
+            rec.digests_checked,
             rec.checks_run
         );
     } else {

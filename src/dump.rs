@@ -32,9 +32,24 @@ pub fn spawn(tool: &PgTool, conn: &ConnInfo, snapshot: &str) -> Result<(ToolProc
     Ok((ToolProcess::watch("pg_dump", child), stdout))
 }
 
-/// `PGOPTIONS` for pg_dump: whatever the environment had, then timeouts off.
+/// The settings that decide how values are written as COPY text in pg_dump's session:
+/// the first three pg_dump sets itself (`setup_connection`), the last two this tool
+/// sets for it (`PGOPTIONS`), so that the text does not depend on the server's or the
+/// role's defaults. A drill recomputing the content digests uses the same, with the
+/// dump's client encoding.
+pub const COPY_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
+    ("bytea_output", "hex"),
+];
+
+/// `PGOPTIONS` for pg_dump: whatever the environment had, then timeouts off and the
+/// settings of [`COPY_SETTINGS`] pg_dump does not set itself.
 fn pg_options() -> String {
-    let ours = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0";
+    let ours = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 \
+                -c TimeZone=UTC -c bytea_output=hex";
     match std::env::var("PGOPTIONS") {
         Ok(v) if !v.trim().is_empty() => format!("{v} {ours}"),
         _ => ours.to_string(),

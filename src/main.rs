@@ -2,6 +2,8 @@
 //! tokio runtime, turn its result into the exit status of the contract (see
 //! `error.rs`).
 
+mod amcheck;
+mod archive;
 mod backup;
 mod catalog;
 mod check;

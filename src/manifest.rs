@@ -6,6 +6,7 @@
 //! sha256 of the stored object), so that `verify`, `restore` and the drill can check a
 //! backup exactly. It never holds a secret.
 
+pub use crate::archive::TableDigest;
 use crate::database::TableCount;
 use crate::scope::{self, Scope};
 use chrono::{DateTime, Utc};
@@ -55,6 +56,38 @@ pub struct Manifest {
     /// Indexes (`schema.name`) present when it was dumped.
     #[serde(default)]
     pub indexes: Vec<String>,
+    /// Per-table digests of the rows, read from the archive as it streamed; absent in
+    /// backups made before digests existed (their drills check row counts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+}
+
+/// What the archive's rows hash to, table by table (`archive.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Content {
+    /// How `digest` is computed: [`CONTENT_ALGORITHM`].
+    pub algorithm: String,
+    /// The archive format version pg_dump wrote.
+    pub archive_version: String,
+    /// The dump's client encoding: COPY text is compared in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Every table whose data the archive holds (leaf partitions on their own).
+    pub tables: Vec<TableDigest>,
+}
+
+/// The sum modulo 2^256 of the sha256 of every COPY text row (without its newline).
+pub const CONTENT_ALGORITHM: &str = "sha256-sum";
+
+impl Content {
+    pub fn from_archive(a: crate::archive::Archive) -> Content {
+        Content {
+            algorithm: CONTENT_ALGORITHM.into(),
+            archive_version: a.version,
+            encoding: a.encoding,
+            tables: a.tables,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +249,19 @@ mod tests {
             }],
             extensions: vec!["pg_trgm".into()],
             indexes: vec!["public.notes_pkey".into()],
+            content: Some(Content {
+                algorithm: CONTENT_ALGORITHM.into(),
+                archive_version: "1.14.0".into(),
+                encoding: Some("UTF8".into()),
+                tables: vec![TableDigest {
+                    schema: "public".into(),
+                    name: "notes".into(),
+                    columns: vec!["id".into(), "title_encrypted".into()],
+                    rows: 3,
+                    bytes: 120,
+                    digest: "0".repeat(64),
+                }],
+            }),
         };
         let json = m.to_json();
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
@@ -251,6 +297,7 @@ mod properties {
         #[test]
         fn truncated_or_edited_manifests_never_panic(cut in 0..SAMPLE.len(), at in 0..SAMPLE.len(), b in any::<u8>()) {
             prop_assert!(Manifest::from_json(SAMPLE.as_bytes()).is_ok());
+            prop_assert!(Manifest::from_json(SAMPLE.as_bytes()).unwrap().content.is_none(), "a manifest from before digests parses");
             prop_assert!(Manifest::from_json(&SAMPLE.as_bytes()[..cut]).is_err());
             let mut edited = SAMPLE.as_bytes().to_vec();
             edited[at] = b;

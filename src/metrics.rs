@@ -58,6 +58,8 @@ pub const DRILLS_TOTAL: &str = "leaflock_restore_drills_total";
 pub const DRILL_DURATION: &str = "leaflock_restore_drill_duration_seconds";
 pub const DRILL_LAST_SUCCESS: &str = "leaflock_restore_drill_last_success_timestamp_seconds";
 pub const UNTRUSTED_BACKUPS: &str = "leaflock_backup_untrusted_backups";
+pub const DRILL_CONTENT_VERIFIED: &str = "leaflock_restore_drill_content_verified";
+pub const LAST_CONTENT_VERIFIED: &str = "leaflock_backup_last_content_verified_timestamp_seconds";
 
 /// A cumulative histogram over [`DURATION_BUCKETS`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,6 +100,10 @@ pub struct GroupState {
     pub drills_failure: f64,
     pub drill_duration: Hist,
     pub drill_last_success: Option<f64>,
+    /// 1 when the last drill passed with every content digest matched, else 0.
+    pub drill_content_verified: Option<f64>,
+    /// When the newest backup a drill proved content verified was made.
+    pub last_content_verified: Option<f64>,
     /// Backups under the prefix not signed by a trusted key, at the last run that
     /// checked (only pushed when trusted keys are configured).
     pub untrusted_backups: Option<f64>,
@@ -132,6 +138,10 @@ pub struct DrillOutcome {
     pub success: bool,
     pub finished_at: DateTime<Utc>,
     pub duration_seconds: f64,
+    /// Every content digest matched (see `DrillRecord::content_verified`).
+    pub content_verified: bool,
+    /// When the drilled backup was made (its manifest's `finished_at`).
+    pub backup_finished_at: DateTime<Utc>,
 }
 
 fn ts(t: DateTime<Utc>) -> f64 {
@@ -172,6 +182,13 @@ impl GroupState {
             self.drills_failure += 1.0;
         }
         self.drill_duration.observe(o.duration_seconds);
+        let verified = o.success && o.content_verified;
+        self.drill_content_verified = Some(if verified { 1.0 } else { 0.0 });
+        if verified {
+            // A drill of an older backup never moves the newest one back.
+            let t = ts(o.backup_finished_at);
+            self.last_content_verified = Some(self.last_content_verified.map_or(t, |x| x.max(t)));
+        }
     }
 
     /// Read the group out of `GET /api/v1/metrics`. `None` when the group is absent.
@@ -204,6 +221,8 @@ impl GroupState {
             suspect_backups: plain_value(g, SUSPECT_BACKUPS),
             future_dated_backups: plain_value(g, FUTURE_DATED_BACKUPS),
             drill_last_success: plain_value(g, DRILL_LAST_SUCCESS),
+            drill_content_verified: plain_value(g, DRILL_CONTENT_VERIFIED),
+            last_content_verified: plain_value(g, LAST_CONTENT_VERIFIED),
             untrusted_backups: plain_value(g, UNTRUSTED_BACKUPS),
             ..Default::default()
         };
@@ -232,7 +251,7 @@ impl GroupState {
                 vec![histogram(&self.duration)],
             ),
         ];
-        let gauges: [(&str, &str, Option<f64>); 10] = [
+        let gauges: [(&str, &str, Option<f64>); 12] = [
             (
                 BACKUP_SIZE,
                 "Stored bytes of the last successful backup.",
@@ -267,6 +286,16 @@ impl GroupState {
                 DRILL_LAST_SUCCESS,
                 "Unix time the last successful restore drill finished.",
                 self.drill_last_success,
+            ),
+            (
+                DRILL_CONTENT_VERIFIED,
+                "1 when the last restore drill passed with every table's content digest matched (content verified), 0 when it failed or proved row counts only.",
+                self.drill_content_verified,
+            ),
+            (
+                LAST_CONTENT_VERIFIED,
+                "Unix time the newest backup a restore drill proved content verified was made.",
+                self.last_content_verified,
             ),
             (
                 SUSPECT_BACKUPS,
@@ -681,6 +710,8 @@ mod tests {
             success: false,
             finished_at: Utc::now(),
             duration_seconds: 40.0,
+            content_verified: false,
+            backup_finished_at: Utc::now(),
         });
         let text = String::from_utf8(s.to_text()).unwrap();
         assert!(
@@ -693,6 +724,39 @@ mod tests {
         );
         assert!(
             !text.contains("leaflock_restore_drill_last_success"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaflock_restore_drill_content_verified 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("leaflock_backup_last_content_verified"),
+            "{text}"
+        );
+        let made = Utc::now() - chrono::Duration::hours(30);
+        let verified = |backup_finished_at| DrillOutcome {
+            success: true,
+            finished_at: Utc::now(),
+            duration_seconds: 40.0,
+            content_verified: true,
+            backup_finished_at,
+        };
+        s.add_drill(&verified(made));
+        s.add_drill(&verified(made - chrono::Duration::days(7)));
+        assert_eq!(s.drill_content_verified, Some(1.0));
+        assert_eq!(
+            s.last_content_verified,
+            Some(ts(made)),
+            "an older backup's drill does not move it back"
+        );
+        let text = String::from_utf8(s.to_text()).unwrap();
+        assert!(
+            text.contains("leaflock_restore_drill_content_verified 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaflock_backup_last_content_verified_timestamp_seconds "),
             "{text}"
         );
     }

@@ -11,6 +11,11 @@
 //! the writer waits on the destination, so a slow destination slows pg_dump down
 //! (through its pipe) instead of growing memory.
 //!
+//! Beside the compressor, a fourth stage reads the same chunks as pg_dump's custom
+//! archive (`archive.rs`, on its own thread, fed the reader's `Bytes` without a copy)
+//! and digests every table's COPY rows; its channel is bounded too. An archive it
+//! cannot read costs the backup its digests (logged), never the backup itself.
+//!
 //! At the end, a debug line (`pipeline stages`) says where the time went: CPU spent
 //! compressing, time hashing, time the compressing thread waited for pg_dump and for
 //! the destination, and how many bytes were LZ-coded, entropy-coded or stored.
@@ -127,6 +132,8 @@ pub struct StreamStats {
     pub stored_bytes: u64,
     /// Lowercase hex sha256 of the stored bytes.
     pub sha256: String,
+    /// The archive's per-table row digests, when it could be read.
+    pub archive: Option<crate::archive::Archive>,
 }
 
 /// Stream `source` through compression on `threads` threads (and age encryption of
@@ -192,9 +199,11 @@ where
         Ok(hex::encode(hasher.finalize()))
     });
 
+    let (digest_tx, digester) = crate::archive::spawn_reader();
     let counters_r = counters.clone();
     let read = async move {
         let mut first = true;
+        let mut digest_tx = Some(digest_tx);
         loop {
             let mut buf = BytesMut::with_capacity(CHUNK);
             while buf.len() < CHUNK {
@@ -219,7 +228,13 @@ where
                 .dumped
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
             let last = buf.len() < CHUNK;
-            if in_tx.send(buf.freeze()).await.is_err() {
+            let buf = buf.freeze();
+            if let Some(tx) = &digest_tx {
+                if tx.send(buf.clone()).await.is_err() {
+                    digest_tx = None; // the archive reader failed; its error says why
+                }
+            }
+            if in_tx.send(buf).await.is_err() {
                 // The compressor stopped; its own error explains why.
                 return Ok(());
             }
@@ -251,6 +266,27 @@ where
     let stored = write_res?;
     read_res?;
     let sha256 = sha??;
+    let digest_clock = Instant::now();
+    let (archive, digest_cpu) = match tokio::task::spawn_blocking(move || digester.join()).await {
+        Ok(Ok((Ok(a), cpu))) => (Some(a), cpu),
+        Ok(Ok((Err(e), cpu))) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the archive could not be read as it streamed, so this backup has no content digests (its drills check row counts only): {e:#}"
+            );
+            (None, cpu)
+        }
+        _ => {
+            tracing::warn!("the archive reader stopped; this backup has no content digests");
+            (None, 0.0)
+        }
+    };
+    tracing::debug!(
+        digest_cpu_seconds = digest_cpu,
+        waited_seconds = digest_clock.elapsed().as_secs_f64(),
+        tables = archive.as_ref().map(|a| a.tables.len()),
+        "archive digests: CPU of the thread that read the archive and hashed its rows"
+    );
     let uncompressed = counters.dumped();
     if uncompressed == 0 {
         bail!("pg_dump produced no output");
@@ -259,5 +295,6 @@ where
         uncompressed_bytes: uncompressed,
         stored_bytes: stored,
         sha256,
+        archive,
     })
 }

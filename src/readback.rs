@@ -110,8 +110,25 @@ pub async fn read_back<W>(
     storage: &dyn Storage,
     key: &str,
     decode: Decode,
+    sink: W,
+    expected: Option<(&str, u64)>,
+) -> Result<(ReadReport, Option<W>)>
+where
+    W: AsyncWrite + Unpin + Send,
+{
+    read_back_tapped(storage, key, decode, sink, expected, None).await
+}
+
+/// [`read_back`], also handing every decoded chunk to `tap` (the archive reader of
+/// `archive.rs`, for `verify`'s digests). A tap that stops receiving is dropped; the
+/// sink is fed on regardless.
+pub async fn read_back_tapped<W>(
+    storage: &dyn Storage,
+    key: &str,
+    decode: Decode,
     mut sink: W,
     expected: Option<(&str, u64)>,
+    mut tap: Option<mpsc::Sender<Bytes>>,
 ) -> Result<(ReadReport, Option<W>)>
 where
     W: AsyncWrite + Unpin + Send,
@@ -201,6 +218,11 @@ where
                 first = false;
             }
             n += b.len() as u64;
+            if let Some(t) = &tap {
+                if t.send(b.clone()).await.is_err() {
+                    tap = None;
+                }
+            }
             if let Err(e) = sink.write_all(&b).await {
                 return (
                     n,
@@ -210,6 +232,7 @@ where
                 );
             }
         }
+        drop(tap);
         // Close the stream only after a complete decode (and, with `expected`, a
         // matching checksum): a consumer that commits on end of input must never see
         // the end of a truncated, undecodable or corrupt archive. The sink is handed
@@ -328,7 +351,21 @@ pub async fn feed_tool(
     manifest: Option<&Manifest>,
     decode: Decode,
     name: &'static str,
+    cmd: Command,
+) -> Result<Fed> {
+    feed_tool_tapped(storage, key, manifest, decode, name, cmd, None).await
+}
+
+/// [`feed_tool`], with the decoded archive also handed to `tap` (see
+/// [`read_back_tapped`]).
+pub async fn feed_tool_tapped(
+    storage: &dyn Storage,
+    key: &str,
+    manifest: Option<&Manifest>,
+    decode: Decode,
+    name: &'static str,
     mut cmd: Command,
+    tap: Option<mpsc::Sender<Bytes>>,
 ) -> Result<Fed> {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -346,7 +383,7 @@ pub async fn feed_tool(
     let stdin = child.stdin.take().expect("piped stdin");
     let proc = ToolProcess::watch(name, child);
     let expected = manifest.map(|m| (m.sha256.as_str(), m.stored_bytes));
-    let report = read_back(storage, key, decode, stdin, expected).await;
+    let report = read_back_tapped(storage, key, decode, stdin, expected, tap).await;
     let (report, held) = match report {
         Ok(r) => r,
         Err(e) => {

@@ -30,6 +30,47 @@ pub struct DrillRecord {
     /// backup, so a signed record cannot vouch for another object at the same key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Tables whose content digest was recomputed from the restored database.
+    #[serde(default)]
+    pub digests_checked: usize,
+    /// Whether the backup's manifest had content digests and every one matched the
+    /// restored rows ("content verified"); false for a backup without digests,
+    /// whose drill proves row counts only ("counts only").
+    #[serde(default)]
+    pub content_verified: bool,
+    /// What amcheck found in the restored database (absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amcheck: Option<AmcheckOutcome>,
+}
+
+/// The outcome of the index and heap checks (`amcheck.rs`) of a drill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AmcheckOutcome {
+    /// `passed`, `failed` (see `problems`) or `unavailable` (see `note`).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub indexes_checked: usize,
+    pub heaps_checked: usize,
+    /// One line per problem, naming the index or table.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Why something was not checked (no amcheck on the server, no privilege, an old
+    /// server without heap checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl DrillRecord {
+    /// What the drill proved, in a few words: `content verified`, `counts only`, or
+    /// `failed`.
+    pub fn proof(&self) -> &'static str {
+        match (self.passed, self.content_verified) {
+            (true, true) => "content verified",
+            (true, false) => "counts only",
+            (false, _) => "failed",
+        }
+    }
 }
 
 /// Stored beside a suspect backup (`….suspect.json`).

@@ -14,9 +14,9 @@
 
 use crate::metrics::{
     BackupOutcome, DrillOutcome, GroupState, Hist, BACKUPS_TOTAL, BACKUP_DURATION, BACKUP_SIZE,
-    BACKUP_UNCOMPRESSED_SIZE, DRILLS_TOTAL, DRILL_DURATION, DRILL_LAST_SUCCESS, DURATION_BUCKETS,
-    FUTURE_DATED_BACKUPS, LAST_DURATION, LAST_RUN, LAST_SUCCESS, NEXT_RUN, SUSPECT_BACKUPS,
-    UNTRUSTED_BACKUPS,
+    BACKUP_UNCOMPRESSED_SIZE, DRILLS_TOTAL, DRILL_CONTENT_VERIFIED, DRILL_DURATION,
+    DRILL_LAST_SUCCESS, DURATION_BUCKETS, FUTURE_DATED_BACKUPS, LAST_CONTENT_VERIFIED,
+    LAST_DURATION, LAST_RUN, LAST_SUCCESS, NEXT_RUN, SUSPECT_BACKUPS, UNTRUSTED_BACKUPS,
 };
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -159,6 +159,8 @@ fn read_state(text: &str, database: &str) -> Result<(GroupState, usize)> {
             (n, _) if n == SUSPECT_BACKUPS => s.suspect_backups = Some(x.value),
             (n, _) if n == FUTURE_DATED_BACKUPS => s.future_dated_backups = Some(x.value),
             (n, _) if n == DRILL_LAST_SUCCESS => s.drill_last_success = Some(x.value),
+            (n, _) if n == DRILL_CONTENT_VERIFIED => s.drill_content_verified = Some(x.value),
+            (n, _) if n == LAST_CONTENT_VERIFIED => s.last_content_verified = Some(x.value),
             (n, _) if n == UNTRUSTED_BACKUPS => s.untrusted_backups = Some(x.value),
             (n, _) => {
                 let Some(h) = hist(n) else { continue };
@@ -319,6 +321,8 @@ mod tests {
             success: true,
             finished_at: Utc.with_ymd_and_hms(2026, 12, 3, 3, 0, 0).unwrap(),
             duration_seconds: 40.0,
+            content_verified: true,
+            backup_finished_at: Utc.with_ymd_and_hms(2026, 12, 3, 2, 0, 0).unwrap(),
         });
         s.untrusted_backups = Some(2.0);
         let text = String::from_utf8(render(&s, "notes \"main\"")).unwrap();

@@ -1057,7 +1057,7 @@ fn alert_rules_pass_promtool_firing_and_silent_for_every_alert() {
 
     // Each alert is shown firing at least once and silent at least once.
     let alerts = alert_names(&yaml("monitoring/alerts.yml"));
-    assert_eq!(alerts.len(), 13, "{alerts:?}");
+    assert_eq!(alerts.len(), 14, "{alerts:?}");
     let tests = yaml("monitoring/alerts.test.yml");
     let mut firing = BTreeSet::new();
     let mut silent = BTreeSet::new();
@@ -1566,10 +1566,10 @@ fn prometheus_scrapes_real_runs_and_alerts_and_dashboard_work_on_them() {
                 .iter()
                 .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
                 .collect();
-            (rules.len() == 13 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+            (rules.len() == 14 && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
         },
     );
-    assert_eq!(rules_ok.len(), 13);
+    assert_eq!(rules_ok.len(), 14);
     // Healthy runs: no alert for this database.
     prom.wait_value(
         &format!("count(ALERTS{{database=\"{name}\"}}) or vector(0)"),

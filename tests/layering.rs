@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "formats and places",
         &[
             "scope",
+            "archive",
             "manifest",
             "record",
             "crypto",
@@ -47,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "pipeline",
             "readback",
+            "amcheck",
             "backup",
             "restore",
             "drill",

@@ -62,6 +62,8 @@ pub async fn execute(args: &DrillCommandArgs) -> Result<()> {
             success: rec.passed,
             finished_at: rec.finished_at,
             duration_seconds: rec.duration_seconds,
+            content_verified: rec.content_verified,
+            backup_finished_at: manifest.finished_at,
         };
         if let Some(m) = &metrics {
             let label = m.database_label.as_ref().unwrap_or(&manifest.database);

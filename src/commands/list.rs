@@ -61,7 +61,10 @@ fn status(e: &Entry, trust: &TrustPolicy) -> String {
         Kind::Backup { drill, suspect, .. } => {
             let mut s = match drill {
                 None => "never drilled".to_string(),
-                Some(d) if d.passed && e.drill_verified(trust) => "drill passed".to_string(),
+                Some(d) if d.passed && e.drill_verified(trust) => match d.content_verified {
+                    true => "content verified".to_string(),
+                    false => "counts only".to_string(),
+                },
                 Some(d) if d.passed => "drill NOT COUNTED".to_string(),
                 Some(_) => "DRILL FAILED".to_string(),
             };

@@ -24,6 +24,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
 pub async fn execute(args: &RestoreArgs) -> Result<()> {
+    if args.list {
+        return list(args).await;
+    }
     let dest = resolve_destination(&args.destination, None, &process_env)?;
     let RestoreTarget {
         target,
@@ -115,6 +118,57 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         duration_seconds = clock.elapsed().as_secs_f64(),
         "restore complete"
     );
+    Ok(())
+}
+
+/// `restore --list`: the backup's tables as its manifest records them (read only; the
+/// object is not read), with the content digest of each table whose data it holds.
+async fn list(args: &RestoreArgs) -> Result<()> {
+    let dest = resolve_destination(&args.destination, None, &process_env)?;
+    let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
+    let scope = resolve_scope(&args.destination, ScopeFrom::Environment, &process_env)?;
+    let tolerance = resolve_clock_tolerance(&args.destination)?;
+    let (_, _, catalog) = read_catalog(&dest, Some(scope), tolerance, &trust).await?;
+    let entry = catalog.resolve(&args.key)?;
+    let Kind::Backup { manifest, .. } = &entry.kind else {
+        bail!(
+            "{} has no manifest: there is no table list to show",
+            entry.key
+        );
+    };
+    println!("{} ({})", entry.key, entry.trust(&trust).describe());
+    println!("{:<40}  {:>12}  {:>14}  DIGEST", "TABLE", "ROWS", "BYTES");
+    let digests = manifest
+        .content
+        .as_ref()
+        .map(|c| &c.tables[..])
+        .unwrap_or(&[]);
+    let mut shown = std::collections::BTreeSet::new();
+    for t in &manifest.tables {
+        let d = digests
+            .iter()
+            .find(|d| d.schema == t.schema && d.name == t.name);
+        shown.insert((t.schema.as_str(), t.name.as_str()));
+        println!(
+            "{:<40}  {:>12}  {:>14}  {}",
+            format!("{}.{}", t.schema, t.name),
+            t.rows,
+            d.map(|d| d.bytes.to_string()).unwrap_or_else(|| "-".into()),
+            d.map(|d| d.digest.as_str()).unwrap_or("- (counts only)")
+        );
+    }
+    // Tables with data but not counted on their own (leaf partitions).
+    for d in digests {
+        if !shown.contains(&(d.schema.as_str(), d.name.as_str())) {
+            println!(
+                "{:<40}  {:>12}  {:>14}  {}",
+                d.label(),
+                d.rows,
+                d.bytes,
+                d.digest
+            );
+        }
+    }
     Ok(())
 }
 

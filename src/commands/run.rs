@@ -111,10 +111,13 @@ pub async fn run_once(cfg: &RunConfig, cancel: &Cancel, term: Terminal) -> Resul
             next_run: cfg.schedule.as_ref().and_then(|s| s.next_after(finished)),
             catalog: figures,
         };
+        let made = result.as_ref().ok().map(|s| s.manifest.finished_at);
         let drill = drill.as_ref().map(|d| DrillOutcome {
             success: d.passed,
             finished_at: d.finished_at,
             duration_seconds: d.duration_seconds,
+            content_verified: d.content_verified,
+            backup_finished_at: made.unwrap_or(d.started_at),
         });
         let untrusted = figures.and_then(|f| f.untrusted);
         let dbname = &cfg.database.conn.dbname;

@@ -510,6 +510,7 @@ mod tests {
                 .collect(),
             extensions: vec![],
             indexes: vec![],
+            content: None,
         }
     }
 
@@ -535,6 +536,9 @@ mod tests {
             rows_checked: 7,
             checks_run: 0,
             sha256: None,
+            digests_checked: 0,
+            content_verified: false,
+            amcheck: None,
         });
         Entry {
             key: m.object_key.clone(),
