@@ -78,6 +78,59 @@ impl Decode {
     }
 }
 
+impl Decode {
+    /// The archive as a reader over the stored bytes `input`.
+    fn reader<'a>(&self, input: Box<dyn Read + Send + 'a>) -> Result<Box<dyn Read + Send + 'a>> {
+        match self {
+            Decode::Backup { compression, keys } => {
+                let input = match keys {
+                    Some(k) => k.decrypt(input)?,
+                    None => input,
+                };
+                compress::decoder(compression, input)
+            }
+            Decode::OldScript { password } => old_script::decoder(input, password),
+        }
+    }
+}
+
+/// Hand the beginning of the decoded object `key` to `look` (on a blocking thread),
+/// reading only as far as it reads: the table of contents at an archive's head, say.
+/// Nothing is verified here (the object is not hashed to its end), so what `look`
+/// finds is only as good as the full read-back that must follow it.
+pub async fn read_head<T, F>(storage: &dyn Storage, key: &str, decode: Decode, look: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Box<dyn Read + Send>) -> Result<T> + Send + 'static,
+{
+    let mut object = storage.open_read(key).await?;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let looking = tokio::task::spawn_blocking(move || {
+        look(decode.reader(Box::new(ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }))?)
+    });
+    let fed = async {
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            if object.read_buf(&mut buf).await? == 0 || tx.send(buf.freeze()).await.is_err() {
+                return Ok::<(), std::io::Error>(());
+            }
+        }
+    }
+    .await;
+    drop(tx);
+    let found = looking
+        .await
+        .map_err(|e| anyhow!("reading the head of {key} failed: {e}"))?;
+    match (found, fed) {
+        (Ok(v), _) => Ok(v),
+        (Err(e), Err(io)) => Err(e.context(format!("reading {key}: {io}"))),
+        (Err(e), Ok(())) => Err(e),
+    }
+}
+
 /// A `Read` over chunks arriving on a channel (used on a blocking thread).
 struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
@@ -142,20 +195,10 @@ where
 
     let decode = tokio::task::spawn_blocking(move || -> Result<()> {
         let r = (|| -> Result<()> {
-            let input = Box::new(ChannelReader {
+            let mut dec = decode.reader(Box::new(ChannelReader {
                 rx: raw_rx,
                 current: Bytes::new(),
-            });
-            let mut dec = match &decode {
-                Decode::Backup { compression, keys } => {
-                    let input = match keys {
-                        Some(k) => k.decrypt(input)?,
-                        None => input,
-                    };
-                    compress::decoder(compression, input)?
-                }
-                Decode::OldScript { password } => old_script::decoder(input, password)?,
-            };
+            }))?;
             loop {
                 let mut buf = vec![0u8; CHUNK];
                 let mut filled = 0;
@@ -212,6 +255,9 @@ where
         let mut n = 0u64;
         let mut first = true;
         let mut custom = false;
+        // The newest chunk waits for the next one: the last is held back until the
+        // object is proven (below).
+        let mut last: Option<Bytes> = None;
         while let Some(b) = out_rx.recv().await {
             if first {
                 custom = b.starts_with(crate::pipeline::CUSTOM_FORMAT_MAGIC);
@@ -223,20 +269,26 @@ where
                     tap = None;
                 }
             }
-            if let Err(e) = sink.write_all(&b).await {
-                return (
-                    n,
-                    custom,
-                    Some(anyhow!(e).context("writing the archive")),
-                    None,
-                );
+            if let Some(prev) = last.replace(b) {
+                if let Err(e) = sink.write_all(&prev).await {
+                    return (
+                        n,
+                        custom,
+                        Some(anyhow!(e).context("writing the archive")),
+                        None,
+                    );
+                }
             }
         }
         drop(tap);
-        // Close the stream only after a complete decode (and, with `expected`, a
-        // matching checksum): a consumer that commits on end of input must never see
-        // the end of a truncated, undecodable or corrupt archive. The sink is handed
-        // back unclosed instead; the caller stops the consumer first.
+        // The archive's last bytes (and the end of the stream) reach the consumer only
+        // after a complete decode and, with `expected`, a matching checksum. pg_restore
+        // commits as soon as it has read the end of the last data block it needs,
+        // without waiting for the end of input: holding back the last chunk keeps a
+        // whole restore from committing a truncated, undecodable or replaced archive.
+        // (A restore that needs less than the whole archive is spooled and verified
+        // first: `restore.rs`.) The sink is handed back unwritten and unclosed instead;
+        // the caller stops the consumer first.
         if decoded_rx.await != Ok(true) {
             let e = anyhow!("the archive did not decode to its end");
             return (n, custom, Some(e), Some(sink));
@@ -248,6 +300,16 @@ where
                     let e = anyhow!("the object does not match its manifest");
                     return (n, custom, Some(e), Some(sink));
                 }
+            }
+        }
+        if let Some(b) = last {
+            if let Err(e) = sink.write_all(&b).await {
+                return (
+                    n,
+                    custom,
+                    Some(anyhow!(e).context("writing the archive")),
+                    None,
+                );
             }
         }
         let closed = sink.shutdown().await.err();

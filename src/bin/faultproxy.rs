@@ -8,7 +8,8 @@
 //! it lets through go to the real server unchanged, except for `Connection: close`, so
 //! that every request arrives on its own connection and is judged on its own (the
 //! header is not signed by SigV4). With `--tcp` it forwards bytes blindly (PostgreSQL,
-//! the Pushgateway), optionally slowed down.
+//! the Pushgateway), optionally slowed down (`--throttle` uploads, `--throttle-down`
+//! downloads).
 //!
 //! Faults (`--fault`, repeatable; the first rule that selects a request applies):
 //!
@@ -61,6 +62,10 @@ struct Args {
     /// Limit the client-to-server direction to this many bytes per second per connection.
     #[arg(long)]
     throttle: Option<u64>,
+    /// Limit the server-to-client direction to this many bytes per second per
+    /// connection (a slow download).
+    #[arg(long)]
+    throttle_down: Option<u64>,
     /// Hold every request (HTTP) or every connection (TCP) this long before forwarding.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -268,7 +273,7 @@ async fn tcp_conn(st: Arc<State>, n: u64, client: TcpStream) {
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let up = tokio::spawn(copy_throttled(cr, sw, st.args.throttle, Vec::new()));
-    let down = tokio::spawn(copy_throttled(sr, cw, None, Vec::new()));
+    let down = tokio::spawn(copy_throttled(sr, cw, st.args.throttle_down, Vec::new()));
     let _ = tokio::join!(up, down);
 }
 
@@ -483,7 +488,7 @@ async fn http_conn(st: Arc<State>, n: u64, mut client: TcpStream) {
         rest = buf[end..].to_vec();
     }
     // The server closes after its answer (Connection: close); then so do we.
-    copy_throttled(sr, cw, None, rest).await;
+    copy_throttled(sr, cw, st.args.throttle_down, rest).await;
     up.abort();
 }
 

@@ -62,7 +62,7 @@ pub fn bin() -> &'static str {
 }
 
 /// Start the fault proxy to `upstream` (host:port) with extra arguments (`--fault`,
-/// `--tcp`, `--throttle`, `--latency-ms`, `--seed`).
+/// `--tcp`, `--throttle`, `--throttle-down`, `--latency-ms`, `--seed`).
 pub fn start(upstream: &str, args: &[&str]) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("proxy.log");
@@ -102,6 +102,12 @@ pub fn start(upstream: &str, args: &[&str]) -> Proxy {
 /// client to server: it makes an upload last long enough to interrupt it.
 pub fn throttle(upstream: &str, bytes_per_sec: u64) -> Proxy {
     start(upstream, &["--throttle", &bytes_per_sec.to_string()])
+}
+
+/// A proxy to `upstream` (host:port) that lets at most `bytes_per_sec` through from
+/// server to client: a download slow enough that its consumer runs ahead of it.
+pub fn throttle_down(upstream: &str, bytes_per_sec: u64) -> Proxy {
+    start(upstream, &["--throttle-down", &bytes_per_sec.to_string()])
 }
 
 /// host:port of an http URL.
