@@ -305,13 +305,205 @@ impl<R: BufRead> Reader<R> {
     }
 }
 
-/// Read a whole custom-format archive from `r` and digest every table's rows.
-pub fn read<R: BufRead>(r: R) -> Result<Archive> {
-    let mut rd = Reader {
+/// One entry of the archive's table of contents, as much of it as restores and
+/// digests need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TocEntry {
+    /// The dump id (what `pg_restore --use-list` selects by).
+    pub id: i64,
+    /// What the entry is: `TABLE`, `TABLE DATA`, `INDEX`, `FK CONSTRAINT`, ...
+    pub desc: String,
+    pub namespace: String,
+    /// The object's name (`table constraint` for constraints, triggers, defaults,
+    /// policies and rules; `name(args)` for functions).
+    pub tag: String,
+    /// Dump ids this entry depends on.
+    pub deps: Vec<i64>,
+    /// The COPY statement of a `TABLE DATA` entry.
+    pub copy: Option<String>,
+}
+
+impl TocEntry {
+    pub fn label(&self) -> String {
+        if self.namespace.is_empty() {
+            self.tag.clone()
+        } else {
+            format!("{}.{}", self.namespace, self.tag)
+        }
+    }
+}
+
+/// An archive's header facts and table of contents, in archive order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Toc {
+    /// `major.minor.revision` of the archive format.
+    pub version: String,
+    /// The dump's client encoding (its ENCODING entry), e.g. `UTF8`.
+    pub encoding: Option<String>,
+    pub entries: Vec<TocEntry>,
+}
+
+/// Entries that belong to the one table whose name begins their tag (`table` or
+/// `table name`) and on which they depend.
+const OF_ITS_TABLE: &[&str] = &[
+    "CONSTRAINT",
+    "CHECK CONSTRAINT",
+    "FK CONSTRAINT",
+    "TRIGGER",
+    "DEFAULT",
+    "POLICY",
+    "ROW SECURITY",
+    "RULE",
+];
+
+/// Entries that belong to whatever they depend on: a table's data, indexes,
+/// statistics and identity sequence; a comment, grant or label on it; a sequence's
+/// ownership and value.
+const ATTACHED: &[&str] = &[
+    "TABLE DATA",
+    "INDEX",
+    "INDEX ATTACH",
+    "STATISTICS",
+    "STATISTICS DATA",
+    "SEQUENCE",
+    "SEQUENCE OWNED BY",
+    "SEQUENCE SET",
+    "COMMENT",
+    "ACL",
+    "SECURITY LABEL",
+];
+
+/// Relations: what a restore of some tables never creates or drops unless named.
+pub const RELATIONS: &[&str] = &["TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE"];
+
+impl Toc {
+    /// Entries by dump id.
+    fn by_id(&self) -> std::collections::HashMap<i64, &TocEntry> {
+        self.entries.iter().map(|e| (e.id, e)).collect()
+    }
+
+    /// The `TABLE` entry `spec` names: `schema.name`, or a bare `name` found in one
+    /// schema only. The error says what the archive has instead.
+    pub fn find_table(&self, spec: &str) -> std::result::Result<&TocEntry, String> {
+        let tables = || self.entries.iter().filter(|e| e.desc == "TABLE");
+        if let Some(t) = tables().find(|t| t.label() == spec) {
+            return Ok(t);
+        }
+        let named: Vec<&TocEntry> = tables().filter(|t| t.tag == spec).collect();
+        match named[..] {
+            [one] => Ok(one),
+            [] => Err(format!(
+                "the backup has no table {spec:?} (restore --list shows its tables)"
+            )),
+            _ => Err(format!(
+                "{spec:?} names a table in several schemas ({}): give schema.name",
+                named
+                    .iter()
+                    .map(|t| t.label())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// The tables `ids` with everything that belongs to them: data, indexes,
+    /// constraints (their own foreign keys included, never another table's that points
+    /// at them), triggers, defaults, policies, rules, identity sequences, comments and
+    /// grants. Nothing that belongs to another relation.
+    pub fn with_parts(&self, ids: &[i64]) -> std::collections::BTreeSet<i64> {
+        let by_id = self.by_id();
+        let mut chosen: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+        let tables: Vec<&TocEntry> = ids.iter().filter_map(|id| by_id.get(id).copied()).collect();
+        let other_relation = |id: &i64, chosen: &std::collections::BTreeSet<i64>| {
+            !chosen.contains(id)
+                && by_id
+                    .get(id)
+                    .is_some_and(|e| RELATIONS.contains(&e.desc.as_str()))
+        };
+        loop {
+            let before = chosen.len();
+            for e in &self.entries {
+                if chosen.contains(&e.id) {
+                    continue;
+                }
+                let belongs = if OF_ITS_TABLE.contains(&e.desc.as_str()) {
+                    tables.iter().any(|t| {
+                        e.namespace == t.namespace
+                            && e.deps.contains(&t.id)
+                            && (e.tag == t.tag
+                                || e.tag
+                                    .strip_prefix(t.tag.as_str())
+                                    .is_some_and(|rest| rest.starts_with(' ')))
+                    })
+                } else {
+                    ATTACHED.contains(&e.desc.as_str())
+                        && e.deps.iter().any(|d| chosen.contains(d))
+                        && !e.deps.iter().any(|d| other_relation(d, &chosen))
+                };
+                if belongs {
+                    chosen.insert(e.id);
+                }
+            }
+            if chosen.len() == before {
+                return chosen;
+            }
+        }
+    }
+
+    /// What the entries `chosen` need and do not include, nearest first: the schemas,
+    /// extensions, types, functions, sequences and other relations they depend on,
+    /// directly or through each other.
+    pub fn prerequisites(&self, chosen: &std::collections::BTreeSet<i64>) -> Vec<&TocEntry> {
+        let by_id = self.by_id();
+        let mut seen = chosen.clone();
+        let mut queue: std::collections::VecDeque<i64> = chosen
+            .iter()
+            .filter_map(|id| by_id.get(id))
+            .flat_map(|e| e.deps.iter().copied())
+            .collect();
+        let mut out = Vec::new();
+        while let Some(id) = queue.pop_front() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(&e) = by_id.get(&id) {
+                queue.extend(e.deps.iter().copied());
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// `pg_restore --use-list` text selecting the entries `ids`, in archive order (a
+    /// streamed archive cannot be read out of order).
+    pub fn use_list(&self, ids: &std::collections::BTreeSet<i64>) -> String {
+        let mut out = String::new();
+        for e in self.entries.iter().filter(|e| ids.contains(&e.id)) {
+            // What follows `;` is a comment to pg_restore; names from the archive lose
+            // their control characters so that none can start a line of its own.
+            let what = format!("{} {}", e.desc, e.label()).replace(char::is_control, " ");
+            out.push_str(&format!("{}; {what}\n", e.id));
+        }
+        out
+    }
+}
+
+/// What the names, statements and dependencies kept from one TOC may add up to: far
+/// beyond any real schema's, and a bound on what a hostile archive can make us hold.
+const MAX_TOC_BYTES: usize = 256 << 20;
+
+/// Read the header and the table of contents of a custom-format archive from `r`,
+/// stopping where the data blocks begin (the rest of `r` is not read).
+pub fn read_toc<R: BufRead>(r: R) -> Result<Toc> {
+    toc_of(&mut Reader {
         r,
         int_size: 4,
         pos: 0,
-    };
+    })
+}
+
+/// The header and the TOC, leaving `rd` where the data blocks begin.
+fn toc_of<R: BufRead>(rd: &mut Reader<R>) -> Result<Toc> {
     let mut magic = [0u8; 5];
     for b in magic.iter_mut() {
         *b = rd.byte("the header")?;
@@ -361,8 +553,9 @@ pub fn read<R: BufRead>(r: R) -> Result<Archive> {
         bail!("the archive's TOC count is negative");
     }
     let mut encoding = None;
-    // (dump id, table) for every TABLE DATA entry, with its running digest.
-    let mut tables: Vec<(i64, TableDigest, Option<RowSet>)> = Vec::new();
+    let mut entries = Vec::new();
+    let mut kept = 0usize;
+    let mut tables = 0usize;
     for _ in 0..count {
         let what = "a TOC entry";
         let id = rd.int(what)?;
@@ -390,40 +583,80 @@ pub fn read<R: BufRead>(r: R) -> Result<Archive> {
         }
         rd.skip_string(what)?; // owner
         rd.skip_string(what)?; // with oids
-        loop {
-            // Dependencies, ending in a NULL string.
-            let len = rd.int(what)?;
-            if len < 0 {
-                break;
-            }
-            rd.pass(len as u64, what, |_| {})?;
+        let mut deps = Vec::new();
+        // Dependencies, ending in a NULL string; each a dump id in decimal.
+        while let Some(dep) = rd.text(what, 32)? {
+            let dep = dep
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| anyhow!("a dependency of TOC entry {id} is not a dump id: {dep:?}"))?;
+            deps.push(dep);
         }
         rd.byte(what)?; // offset flag
         for _ in 0..off_size {
             rd.byte(what)?;
         }
-        if desc == "TABLE DATA" {
-            let Some(copy) = copy.filter(|c| !c.is_empty()) else {
-                continue;
-            };
-            if tables.len() >= MAX_TABLES {
+        let copy = if desc == "TABLE DATA" {
+            tables += 1;
+            if tables > MAX_TABLES {
                 bail!("the archive has more than {MAX_TABLES} tables");
             }
-            let columns = copy_columns(&copy)
-                .with_context(|| format!("the COPY statement of table {namespace}.{tag}"))?;
-            tables.push((
-                id,
-                TableDigest {
-                    schema: namespace,
-                    name: tag,
-                    columns,
-                    rows: 0,
-                    bytes: 0,
-                    digest: String::new(),
-                },
-                None,
-            ));
+            copy.filter(|c| !c.is_empty())
+        } else {
+            None
+        };
+        kept += 64
+            + tag.len()
+            + desc.len()
+            + namespace.len()
+            + 8 * deps.len()
+            + copy.as_ref().map_or(0, String::len);
+        if kept > MAX_TOC_BYTES {
+            bail!("the archive's table of contents holds more than {MAX_TOC_BYTES} bytes of names");
         }
+        entries.push(TocEntry {
+            id,
+            desc,
+            namespace,
+            tag,
+            deps,
+            copy,
+        });
+    }
+    Ok(Toc {
+        version: format!("{vmaj}.{vmin}.{vrev}"),
+        encoding,
+        entries,
+    })
+}
+
+/// Read a whole custom-format archive from `r` and digest every table's rows.
+pub fn read<R: BufRead>(r: R) -> Result<Archive> {
+    let mut rd = Reader {
+        r,
+        int_size: 4,
+        pos: 0,
+    };
+    let toc = toc_of(&mut rd)?;
+    // (dump id, table) for every TABLE DATA entry with a COPY statement, with its
+    // running digest.
+    let mut tables: Vec<(i64, TableDigest, Option<RowSet>)> = Vec::new();
+    for e in toc.entries {
+        let Some(copy) = e.copy else { continue };
+        let columns = copy_columns(&copy)
+            .with_context(|| format!("the COPY statement of table {}.{}", e.namespace, e.tag))?;
+        tables.push((
+            e.id,
+            TableDigest {
+                schema: e.namespace,
+                name: e.tag,
+                columns,
+                rows: 0,
+                bytes: 0,
+                digest: String::new(),
+            },
+            None,
+        ));
     }
     tables.sort_by_key(|t| t.0);
     let index = |id: i64, tables: &[(i64, TableDigest, Option<RowSet>)]| {
@@ -491,8 +724,8 @@ pub fn read<R: BufRead>(r: R) -> Result<Archive> {
     }
     out.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
     Ok(Archive {
-        version: format!("{vmaj}.{vmin}.{vrev}"),
-        encoding,
+        version: toc.version,
+        encoding: toc.encoding,
         tables: out,
     })
 }
@@ -825,6 +1058,158 @@ mod tests {
         a.extend_from_slice(&[0, 0xff, 0xff, 0xff, 0x7f]);
         let e = read(&a[..]).unwrap_err();
         assert!(format!("{e:#}").contains("ends"), "{e:#}");
+    }
+}
+
+#[cfg(test)]
+mod toc_tests {
+    use super::*;
+
+    const FIXTURES: [&[u8]; 2] = [
+        include_bytes!("../tests/fixtures/awkward.pg15.dump"),
+        include_bytes!("../tests/fixtures/awkward.pg18.dump"),
+    ];
+
+    fn entry(id: i64, desc: &str, ns: &str, tag: &str, deps: &[i64]) -> TocEntry {
+        TocEntry {
+            id,
+            desc: desc.into(),
+            namespace: ns.into(),
+            tag: tag.into(),
+            deps: deps.to_vec(),
+            copy: None,
+        }
+    }
+
+    #[test]
+    fn the_toc_of_pg_dump_15_and_18_archives() {
+        for bytes in FIXTURES {
+            let toc = read_toc(bytes).unwrap();
+            let mixed = toc.find_table("Mixed Case").unwrap();
+            assert_eq!(mixed.label(), "Other Schema.Mixed Case");
+            let schema = toc
+                .entries
+                .iter()
+                .find(|e| e.desc == "SCHEMA" && e.tag == "Other Schema")
+                .unwrap();
+            assert_eq!(mixed.deps, vec![schema.id], "dependencies are read");
+            let awkward = toc.find_table("public.awkward").unwrap();
+            let parts = toc.with_parts(&[awkward.id]);
+            let descs: Vec<&str> = toc
+                .entries
+                .iter()
+                .filter(|e| parts.contains(&e.id))
+                .map(|e| e.desc.as_str())
+                .collect();
+            assert!(
+                descs.contains(&"TABLE") && descs.contains(&"TABLE DATA"),
+                "{descs:?}"
+            );
+            assert!(descs.contains(&"CONSTRAINT"), "its primary key: {descs:?}");
+            assert!(
+                toc.entries
+                    .iter()
+                    .filter(|e| parts.contains(&e.id))
+                    .all(|e| e.tag.starts_with("awkward")),
+                "nothing of another table"
+            );
+            // The list selects by id, in archive order.
+            let list = toc.use_list(&parts);
+            let ids: Vec<i64> = list
+                .lines()
+                .map(|l| l.split(';').next().unwrap().parse().unwrap())
+                .collect();
+            let order: Vec<i64> = toc
+                .entries
+                .iter()
+                .filter(|e| parts.contains(&e.id))
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(ids, order);
+            assert!(toc.find_table("no_such").unwrap_err().contains("no table"));
+        }
+    }
+
+    #[test]
+    fn a_table_takes_what_is_its_own_and_nothing_of_its_neighbours() {
+        let toc = Toc {
+            version: "1.16.0".into(),
+            encoding: None,
+            entries: vec![
+                entry(1, "SCHEMA", "", "app", &[]),
+                entry(2, "FUNCTION", "app", "touch()", &[1]),
+                entry(10, "TABLE", "app", "notes", &[1]),
+                entry(11, "TABLE", "app", "notes_archive", &[1]),
+                entry(12, "TABLE", "app", "versions", &[1]),
+                entry(13, "SEQUENCE", "app", "notes_n_seq", &[10]),
+                entry(20, "TABLE DATA", "app", "notes", &[10]),
+                entry(21, "TABLE DATA", "app", "versions", &[12]),
+                entry(22, "SEQUENCE SET", "app", "notes_n_seq", &[13]),
+                entry(30, "CONSTRAINT", "app", "notes notes_pkey", &[10]),
+                entry(
+                    31,
+                    "CONSTRAINT",
+                    "app",
+                    "notes_archive notes_archive_pkey",
+                    &[11],
+                ),
+                entry(32, "INDEX", "app", "notes_title", &[10]),
+                entry(33, "TRIGGER", "app", "notes touch", &[10, 2]),
+                entry(
+                    34,
+                    "FK CONSTRAINT",
+                    "app",
+                    "versions versions_note_fkey",
+                    &[12, 30, 10],
+                ),
+                entry(
+                    35,
+                    "FK CONSTRAINT",
+                    "app",
+                    "notes notes_archive_fkey",
+                    &[10, 31, 11],
+                ),
+                entry(36, "COMMENT", "app", "INDEX notes_title", &[32]),
+                entry(37, "ACL", "app", "TABLE notes", &[10]),
+                entry(38, "ACL", "app", "TABLE versions", &[12]),
+                entry(39, "COMMENT", "app", "TABLE notes_archive", &[11]),
+            ],
+        };
+        let parts = toc.with_parts(&[10]);
+        assert_eq!(
+            parts.into_iter().collect::<Vec<_>>(),
+            vec![10, 13, 20, 22, 30, 32, 33, 35, 36, 37],
+            "its data, identity sequence and value, key, index and its comment, trigger, its \
+             own foreign key and grant; not versions' key to it, not notes_archive's key"
+        );
+        let parts = toc.with_parts(&[10]);
+        let needed: Vec<i64> = toc.prerequisites(&parts).iter().map(|e| e.id).collect();
+        assert_eq!(
+            needed,
+            vec![1, 2, 31, 11],
+            "schema, trigger function, the referenced table"
+        );
+        assert_eq!(toc.find_table("notes").unwrap().id, 10);
+        assert_eq!(toc.find_table("app.versions").unwrap().id, 12);
+    }
+
+    #[test]
+    fn ambiguous_names_and_hostile_tags() {
+        let toc = Toc {
+            version: "1.16.0".into(),
+            encoding: None,
+            entries: vec![
+                entry(1, "TABLE", "a", "t", &[]),
+                entry(2, "TABLE", "b", "t", &[]),
+                entry(3, "TABLE DATA", "b", "t\n1; TABLE a t", &[2]),
+            ],
+        };
+        let e = toc.find_table("t").unwrap_err();
+        assert!(e.contains("a.t") && e.contains("b.t"), "{e}");
+        assert_eq!(toc.find_table("b.t").unwrap().id, 2);
+        let list = toc.use_list(&[2, 3].into_iter().collect());
+        assert_eq!(list.lines().count(), 2, "a tag cannot add a line: {list:?}");
+        assert!(list.lines().all(|l| !l.starts_with("1;")), "{list:?}");
     }
 }
 
