@@ -448,6 +448,39 @@ pub struct RestoreArgs {
     #[arg(help_heading = "Restore", long, env = "LEAFLOCK_BACKUP_RESTORE_LIST")]
     pub list: bool,
 
+    /// Restore only this table (`schema.name`, or `name` when one schema has it;
+    /// repeatable; in the variable, comma-separated): its definition and rows with its
+    /// indexes, constraints, triggers, defaults, policies, comments and grants, plus what
+    /// it needs that the target lacks (schemas, extensions, types, functions, sequences,
+    /// the tables its foreign keys point at). No other table of the target is touched:
+    /// one the target already has is replaced only with --clean, and not while another
+    /// table references it.
+    #[arg(
+        help_heading = "Restore",
+        long = "table",
+        env = "LEAFLOCK_BACKUP_RESTORE_TABLE",
+        value_name = "TABLE",
+        value_delimiter = ','
+    )]
+    pub tables: Vec<String>,
+
+    /// Restore definitions only (tables, indexes, constraints, ...), no rows.
+    #[arg(
+        help_heading = "Restore",
+        long,
+        env = "LEAFLOCK_BACKUP_RESTORE_SCHEMA_ONLY"
+    )]
+    pub schema_only: bool,
+
+    /// Restore rows only, into tables the target already has (with --table: those
+    /// tables' rows). Not with --clean.
+    #[arg(
+        help_heading = "Restore",
+        long,
+        env = "LEAFLOCK_BACKUP_RESTORE_DATA_ONLY"
+    )]
+    pub data_only: bool,
+
     /// Do not ask for confirmation on a terminal.
     #[arg(
         help_heading = "Restore",

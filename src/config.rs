@@ -17,6 +17,7 @@ use crate::drill::DrillOptions;
 use crate::error::{usage, UsageError};
 use crate::gate::Thresholds;
 use crate::metrics::MetricsConfig;
+use crate::restore::Section;
 use crate::retention::{Policy, GDPR_DAYS};
 use crate::schedule::Schedule;
 use crate::scope::Scope;
@@ -450,6 +451,10 @@ pub struct RestoreTarget {
     pub jobs: i64,
     pub pg_restore: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// `--schema-only` / `--data-only`.
+    pub section: Section,
+    /// `--table`: only these tables (empty: the whole backup).
+    pub tables: Vec<String>,
 }
 
 pub fn resolve_restore_target(args: &crate::cli::RestoreArgs) -> Result<RestoreTarget> {
@@ -476,11 +481,37 @@ pub fn resolve_restore_target(args: &crate::cli::RestoreArgs) -> Result<RestoreT
         args.connect_timeout,
         "--connect-timeout / LEAFLOCK_BACKUP_CONNECT_TIMEOUT",
     )?;
+    const SCHEMA_ONLY: &str = "--schema-only / LEAFLOCK_BACKUP_RESTORE_SCHEMA_ONLY";
+    const DATA_ONLY: &str = "--data-only / LEAFLOCK_BACKUP_RESTORE_DATA_ONLY";
+    let section = match (args.schema_only, args.data_only) {
+        (true, true) => return usage(format!("{SCHEMA_ONLY} and {DATA_ONLY}: choose one")),
+        (true, false) => Section::SchemaOnly,
+        (false, true) if args.clean => {
+            return usage(format!(
+                "{DATA_ONLY} loads rows into the tables the target has, --clean / \
+                 LEAFLOCK_BACKUP_RESTORE_CLEAN drops and recreates them: choose one"
+            ))
+        }
+        (false, true) => Section::DataOnly,
+        (false, false) => Section::All,
+    };
+    let mut tables = Vec::new();
+    for t in &args.tables {
+        let t = t.trim();
+        if t.is_empty() || t.starts_with('.') || t.ends_with('.') {
+            return usage(format!(
+                "--table / LEAFLOCK_BACKUP_RESTORE_TABLE: {t:?} is not a table name (schema.name or name)"
+            ));
+        }
+        tables.push(t.to_string());
+    }
     Ok(RestoreTarget {
         target,
         jobs: args.jobs,
         pg_restore,
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        section,
+        tables,
     })
 }
 

@@ -1,22 +1,35 @@
 //! The restore stage: a backup put back into a database.
 //!
-//! With one job the archive streams into `pg_restore --single-transaction` and the
-//! stream is closed only after the object's sha256 matched its manifest, so a corrupt
-//! object is never committed. With more jobs (parallel restore needs a seekable file)
-//! the archive is first spooled to a temporary file and verified, then restored. An
-//! archive of the old script is replayed over this tool's own connection in one
-//! transaction (`old_script::replay`), never through psql. The command
-//! (`commands/restore.rs`) chooses the backup, checks the target and asks the operator;
-//! this module only restores.
+//! With one job the archive streams into `pg_restore --single-transaction`; its last
+//! bytes (and the end of the stream) are held back until the object's sha256 matched
+//! its manifest (`readback`), so a corrupt or replaced object is never committed:
+//! pg_restore cannot finish the last data block without them. With more jobs (parallel
+//! restore needs a seekable file), or when pg_restore needs only part of the archive
+//! (and would commit without reading the rest), the archive is first spooled to a
+//! temporary file and verified, then restored. An archive of the old script is
+//! replayed over this tool's own connection in one transaction
+//! (`old_script::replay`), never through psql. The command (`commands/restore.rs`)
+//! chooses the backup, checks the target and asks the operator; this module only
+//! restores.
+//!
+//! A restore aimed at what was lost (`--table`, `--schema-only`, `--data-only`) reads
+//! the archive's table of contents first (`plan_tables`) and hands pg_restore a use-list
+//! of exactly the entries it needs: the named tables with everything that belongs to
+//! them, and what they depend on only where the target lacks it. Another table of the
+//! target is never dropped, altered or written.
 
+use crate::archive::{self, TocEntry};
 use crate::conninfo::ConnInfo;
-use crate::database;
+use crate::database::{self, quote_ident};
+use crate::error::UsageError;
 use crate::manifest::Manifest;
 use crate::old_script;
 use crate::pgtool::{self, PgTool, ToolProcess};
 use crate::readback;
 use crate::storage::Storage;
 use anyhow::{anyhow, Context, Result};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
@@ -30,6 +43,229 @@ pub struct Options<'a> {
     pub no_owner: bool,
     /// Parallel pg_restore jobs (1: one streamed transaction).
     pub jobs: i64,
+    /// Which sections of the archive.
+    pub section: Section,
+    /// `pg_restore --use-list` file: only these entries (a table restore's plan).
+    pub use_list: Option<&'a Path>,
+}
+
+/// Which sections of the archive a restore puts back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    All,
+    /// Definitions only: tables, indexes, constraints, ... without rows.
+    SchemaOnly,
+    /// Rows only, into tables the target already has.
+    DataOnly,
+}
+
+/// What a restore of some tables puts back.
+#[derive(Debug)]
+pub struct TablePlan {
+    /// `pg_restore --use-list` text.
+    pub use_list: String,
+    /// The tables named, as `schema.name`.
+    pub tables: Vec<String>,
+    /// What they need that the target lacked, restored with them.
+    pub added: Vec<String>,
+    /// Other tables' foreign keys to these tables, which the backup holds and a table
+    /// restore leaves out (it never alters another table).
+    pub left_out: Vec<String>,
+    /// Entries of the archive selected.
+    pub entries: usize,
+}
+
+/// The archive entries that restore the tables `specs` (`schema.name` or `name`) with
+/// what belongs to them into `opts.target`, checked against what the target holds:
+/// a table it has already is replaced only with `--clean`, and only when no other
+/// table references it; with `--data-only` every table must exist. What the tables
+/// depend on (schemas, extensions, types, functions, sequences, the tables their
+/// foreign keys point at) is added only where the target lacks it, and left alone
+/// where it has it. Refusals are `UsageError`s (exit 2): nothing was done.
+pub async fn plan_tables(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    decode: readback::Decode,
+    specs: &[String],
+    opts: &Options<'_>,
+    timeout: Duration,
+) -> Result<TablePlan> {
+    let toc = readback::read_head(storage, &manifest.object_key, decode, |r| {
+        archive::read_toc(std::io::BufReader::new(r))
+    })
+    .await
+    .context("cannot read the archive's table of contents")?;
+    let mut ids = Vec::new();
+    for spec in specs {
+        let t = toc
+            .find_table(spec)
+            .map_err(|e| UsageError(format!("--table / LEAFLOCK_BACKUP_RESTORE_TABLE: {e}")))?;
+        if !ids.contains(&t.id) {
+            ids.push(t.id);
+        }
+    }
+    let tables: Vec<&TocEntry> = toc.entries.iter().filter(|e| ids.contains(&e.id)).collect();
+    let mut chosen = toc.with_parts(&ids);
+    let client = database::connect(opts.target, timeout).await?;
+    let target = opts.target.redacted();
+
+    let mut present = Vec::new();
+    for &t in &tables {
+        if exists(&client, t).await? == Some(true) {
+            present.push(t);
+        } else if opts.section == Section::DataOnly {
+            return Err(UsageError(format!(
+                "--data-only: the target database {target} has no table {}: restore its definition \
+                 too (leave out --data-only)",
+                t.label()
+            ))
+            .into());
+        }
+    }
+    if opts.section != Section::DataOnly && !present.is_empty() {
+        let names = present
+            .iter()
+            .map(|t| t.label())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !opts.clean {
+            return Err(UsageError(format!(
+                "the target database {target} already has {}: pass --clean to replace {} (no other \
+                 table is touched), or restore into a scratch database and copy rows back",
+                names,
+                if present.len() == 1 { "it" } else { "them" }
+            ))
+            .into());
+        }
+        let holders = referencing(&client, &present).await?;
+        if !holders.is_empty() {
+            return Err(UsageError(format!(
+                "--clean would drop {} while {} in the target database {target} reference{} it; \
+                 a table restore never alters another table: name {} with --table too, or restore \
+                 into a scratch database and copy rows back",
+                names,
+                holders.join(", "),
+                if holders.len() == 1 { "s" } else { "" },
+                if holders.len() == 1 { "it" } else { "them" }
+            ))
+            .into());
+        }
+    }
+
+    // What the tables need and the target lacks comes with them; a relation (a table
+    // a foreign key points at) with its own parts, whose needs are then looked at too.
+    let mut added = Vec::new();
+    if opts.section != Section::DataOnly {
+        let mut looked = BTreeSet::new();
+        loop {
+            let mut grew = false;
+            for e in toc.prerequisites(&chosen) {
+                if !looked.insert(e.id) || exists(&client, e).await? != Some(false) {
+                    continue;
+                }
+                added.push(format!("{} {}", e.desc.to_lowercase(), e.label()));
+                if e.desc == "SEQUENCE" || archive::RELATIONS.contains(&e.desc.as_str()) {
+                    chosen.extend(toc.with_parts(&[e.id]));
+                } else {
+                    chosen.insert(e.id);
+                }
+                grew = true;
+            }
+            if !grew {
+                break;
+            }
+        }
+    }
+    let left_out = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "FK CONSTRAINT" && !chosen.contains(&e.id))
+        .filter(|_| opts.section != Section::DataOnly)
+        .filter(|e| e.deps.iter().any(|d| ids.contains(d)))
+        .map(|e| e.label())
+        .collect();
+    Ok(TablePlan {
+        use_list: toc.use_list(&chosen),
+        left_out,
+        tables: tables.iter().map(|t| t.label()).collect(),
+        added,
+        entries: chosen.len(),
+    })
+}
+
+/// Whether the target has the object of `e`; `None` for kinds this does not look up
+/// (pg_restore reports those if they are missing, and nothing is committed).
+async fn exists(client: &tokio_postgres::Client, e: &TocEntry) -> Result<Option<bool>> {
+    let qualified = format!("{}.{}", quote_ident(&e.namespace), quote_ident(&e.tag));
+    let (sql, args): (&str, Vec<String>) = match e.desc.as_str() {
+        "SCHEMA" => (
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            vec![e.tag.clone()],
+        ),
+        "EXTENSION" => (
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
+            vec![e.tag.clone()],
+        ),
+        "COLLATION" => (
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_collation c JOIN pg_catalog.pg_namespace n
+                ON n.oid = c.collnamespace WHERE n.nspname = $1 AND c.collname = $2)",
+            vec![e.namespace.clone(), e.tag.clone()],
+        ),
+        "TYPE" | "DOMAIN" => (
+            "SELECT pg_catalog.to_regtype($1) IS NOT NULL",
+            vec![qualified],
+        ),
+        "FUNCTION" | "PROCEDURE" | "AGGREGATE" => {
+            // The tag is `name(argument types)`.
+            let Some((name, args)) = e.tag.split_once('(') else {
+                return Ok(None);
+            };
+            (
+                "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+                vec![format!(
+                    "{}.{}({args}",
+                    quote_ident(&e.namespace),
+                    quote_ident(name)
+                )],
+            )
+        }
+        d if d == "SEQUENCE" || archive::RELATIONS.contains(&d) => (
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            vec![qualified],
+        ),
+        _ => return Ok(None),
+    };
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let row = client
+        .query_one(sql, &params)
+        .await
+        .with_context(|| format!("cannot look up {} {} in the target", e.desc, e.label()))?;
+    Ok(Some(row.get(0)))
+}
+
+/// Foreign keys of other tables of the target that reference one of `tables`, as
+/// `table (constraint)`.
+async fn referencing(client: &tokio_postgres::Client, tables: &[&TocEntry]) -> Result<Vec<String>> {
+    let quoted: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{}.{}", quote_ident(&t.namespace), quote_ident(&t.tag)))
+        .collect();
+    let rows = client
+        .query(
+            "SELECT format('%s (%s)', c.conrelid::regclass, c.conname)
+               FROM pg_catalog.pg_constraint c
+              WHERE c.contype = 'f'
+                AND c.confrelid = ANY (SELECT pg_catalog.to_regclass(t) FROM unnest($1::text[]) t)
+                AND c.conrelid <> ALL (SELECT pg_catalog.to_regclass(t) FROM unnest($1::text[]) t)
+              ORDER BY 1",
+            &[&quoted],
+        )
+        .await
+        .context("cannot look up the foreign keys of the target")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Tables in the target database (0: empty), with a warning when the target role is a
@@ -58,10 +294,19 @@ pub async fn backup(
     tool: &PgTool,
     opts: &Options<'_>,
 ) -> Result<()> {
-    if opts.jobs == 1 {
+    if opts.jobs == 1 && !opts.partial() {
         stream_restore(storage, manifest, decode, tool, opts).await
     } else {
         spooled_restore(storage, manifest, decode, tool, opts).await
+    }
+}
+
+impl Options<'_> {
+    /// Whether pg_restore may stop reading before the end of the archive: then it
+    /// would commit before the object's end was verified, so the archive is spooled
+    /// and verified first.
+    fn partial(&self) -> bool {
+        self.use_list.is_some() || self.section == Section::SchemaOnly
     }
 }
 
@@ -79,6 +324,18 @@ fn pg_restore_cmd(tool: &PgTool, opts: &Options<'_>) -> Command {
     }
     if opts.no_owner {
         cmd.args(["--no-owner", "--no-privileges"]);
+    }
+    match opts.section {
+        Section::All => {}
+        Section::SchemaOnly => {
+            cmd.arg("--schema-only");
+        }
+        Section::DataOnly => {
+            cmd.arg("--data-only");
+        }
+    }
+    if let Some(list) = opts.use_list {
+        cmd.arg(format!("--use-list={}", list.display()));
     }
     cmd
 }
@@ -120,7 +377,13 @@ async fn spooled_restore(
     tracing::info!(
         spool = %spool.path().display(),
         bytes = manifest.uncompressed_bytes,
-        "parallel restore needs a seekable archive: spooling the decompressed archive to a temporary file"
+        "{}: spooling the decompressed archive to a temporary file, verified before pg_restore reads it",
+        if opts.jobs > 1 {
+            "parallel restore needs a seekable archive"
+        } else {
+            "pg_restore stops reading once it has the part asked for (and would commit before the \
+             rest of the object was verified)"
+        }
     );
     let file = tokio::fs::File::create(spool.path()).await?;
     let (report, _held) = readback::read_back(
@@ -136,16 +399,21 @@ async fn spooled_restore(
         return Err(e.context("cannot spool the archive"));
     }
     let mut cmd = pg_restore_cmd(tool, opts);
-    cmd.arg(format!("--jobs={}", opts.jobs))
-        .arg(spool.path())
-        .stdin(Stdio::null());
+    if opts.jobs > 1 {
+        cmd.arg(format!("--jobs={}", opts.jobs));
+    } else {
+        cmd.arg("--single-transaction");
+    }
+    cmd.arg(spool.path()).stdin(Stdio::null());
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", tool.path.display()))?;
-    ToolProcess::watch("pg_restore", child)
-        .wait()
-        .await
-        .context("pg_restore failed; the target may hold a partial restore (parallel restore is not one transaction)")
+    let done = ToolProcess::watch("pg_restore", child).wait().await;
+    if opts.jobs > 1 {
+        done.context("pg_restore failed; the target may hold a partial restore (parallel restore is not one transaction)")
+    } else {
+        done.context("nothing was restored (pg_restore ran in a single transaction)")
+    }
 }
 
 /// An archive of the old script: decrypt, gunzip, and replay its SQL over this tool's

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::Command;
 
 const DRILLS_OK: &str = "leaflock_restore_drills_total{status=\"success\"}";
@@ -278,6 +279,244 @@ fn restore_refuses_a_non_empty_target_without_clean_and_replaces_with_it() {
     assert_eq!(table_counts(Pg::V15, &url), source);
 }
 
+/// Every user table's rows as `count:fingerprint`, the fingerprint independent of the
+/// rows' order (md5 over the sorted md5s of their text).
+fn fingerprints(pg: Pg, url: &str) -> BTreeMap<String, String> {
+    table_counts(pg, url)
+        .into_keys()
+        .map(|t| {
+            let (s, n) = t.split_once('.').unwrap();
+            let f = psql(
+                pg,
+                url,
+                &format!(
+                    "SELECT count(*) || ':' || coalesce(md5(string_agg(md5(r::text), '' \
+                     ORDER BY md5(r::text))), '') FROM \"{s}\".\"{n}\" r"
+                ),
+            );
+            (t, f)
+        })
+        .collect()
+}
+
+fn without(mut m: BTreeMap<String, String>, table: &str) -> BTreeMap<String, String> {
+    m.remove(table);
+    m
+}
+
+/// The definitions that hang off `table`: indexes, constraints and triggers, by name.
+fn parts_of(pg: Pg, url: &str, table: &str) -> String {
+    psql(
+        pg,
+        url,
+        &format!(
+            "SELECT string_agg(n, ',' ORDER BY n) FROM ( \
+               SELECT indexname AS n FROM pg_indexes WHERE tablename = '{table}' \
+               UNION ALL SELECT conname FROM pg_constraint WHERE conrelid = 'public.{table}'::regclass \
+               UNION ALL SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.{table}'::regclass \
+                 AND NOT tgisinternal) p"
+        ),
+    )
+}
+
+#[test]
+fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
+    let prefix = unique("table");
+    let db = stored_backup(&prefix);
+    let source = fingerprints(Pg::V15, &db.url);
+    let source_parts = parts_of(Pg::V15, &db.url, "notes");
+    assert!(source["public.notes"] != "0:", "the source has notes");
+
+    // A copy of the database that lost its notes table and went on living.
+    let target = TestDb::empty(Pg::V15, &unique("table_target"));
+    let mut whole = s3_cmd("restore", &prefix);
+    whole.args(["--target-database-url", &target.url]);
+    run(whole).expect_code(0);
+    psql(
+        Pg::V15,
+        &target.url,
+        "DROP TABLE notes CASCADE; DELETE FROM tags; \
+         CREATE TABLE local_only (x int); INSERT INTO local_only VALUES (42)",
+    );
+    let before = fingerprints(Pg::V15, &target.url);
+    assert!(!before.contains_key("public.notes"));
+
+    let mut one = s3_cmd("restore", &prefix);
+    one.args(["--target-database-url", &target.url, "--table", "notes"]);
+    let r = run(one);
+    r.expect_code(0);
+    let after = fingerprints(Pg::V15, &target.url);
+    assert_eq!(
+        after["public.notes"], source["public.notes"],
+        "exactly the notes rows"
+    );
+    assert_eq!(
+        without(after, "public.notes"),
+        before,
+        "no other table touched"
+    );
+    assert_eq!(parts_of(Pg::V15, &target.url, "notes"), source_parts);
+    // The other tables' keys that pointed at notes are named, not restored.
+    let warned = r
+        .line("left out")
+        .expect("the left-out foreign keys are named");
+    assert!(
+        warned["constraints"]
+            .as_str()
+            .unwrap()
+            .contains("note_versions_note_id_fkey"),
+        "{warned}"
+    );
+
+    // Now the target has notes: not replaced without --clean ...
+    let mut again = s3_cmd("restore", &prefix);
+    again.args([
+        "--target-database-url",
+        &target.url,
+        "--table",
+        "public.notes",
+    ]);
+    let r = run(again);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("public.notes") && r.stderr.contains("--clean"),
+        "{}",
+        r.stderr
+    );
+    // ... nor with it while another table references it.
+    psql(
+        Pg::V15,
+        &target.url,
+        "ALTER TABLE note_versions ADD CONSTRAINT back_to_notes FOREIGN KEY (note_id) REFERENCES notes (id)",
+    );
+    let mut clean = s3_cmd("restore", &prefix);
+    clean.args([
+        "--target-database-url",
+        &target.url,
+        "--table",
+        "notes",
+        "--clean",
+    ]);
+    let r = run(clean);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("note_versions (back_to_notes)"),
+        "{}",
+        r.stderr
+    );
+    // Without that reference, --clean replaces notes alone.
+    psql(Pg::V15, &target.url, "ALTER TABLE note_versions DROP CONSTRAINT back_to_notes; DELETE FROM notes WHERE ctid IN (SELECT ctid FROM notes LIMIT 3)");
+    let before = without(fingerprints(Pg::V15, &target.url), "public.notes");
+    let mut clean = s3_cmd("restore", &prefix);
+    clean.args([
+        "--target-database-url",
+        &target.url,
+        "--table",
+        "notes",
+        "--clean",
+    ]);
+    run(clean).expect_code(0);
+    let after = fingerprints(Pg::V15, &target.url);
+    assert_eq!(after["public.notes"], source["public.notes"]);
+    assert_eq!(without(after, "public.notes"), before);
+
+    // A table the backup does not have, and a table whose references the target lacks.
+    let mut unknown = s3_cmd("restore", &prefix);
+    unknown.args([
+        "--target-database-url",
+        &target.url,
+        "--table",
+        "no_such_table",
+    ]);
+    let r = run(unknown);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("--table") && r.stderr.contains("no_such_table"),
+        "{}",
+        r.stderr
+    );
+
+    // Into an empty database, notes comes with what it needs: the tables its foreign
+    // keys point at (and theirs), each exactly as backed up; nothing else.
+    let empty = TestDb::empty(Pg::V15, &unique("table_empty"));
+    let mut needs = s3_cmd("restore", &prefix);
+    needs.args(["--target-database-url", &empty.url, "--table", "notes"]);
+    let r = run(needs);
+    r.expect_code(0);
+    let got = fingerprints(Pg::V15, &empty.url);
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "public.folders",
+            "public.notes",
+            "public.users",
+            "public.workspaces"
+        ],
+        "{}",
+        r.stderr
+    );
+    for (t, f) in &got {
+        assert_eq!(f, &source[t], "{t}");
+    }
+}
+
+#[test]
+fn schema_only_restores_definitions_and_data_only_one_tables_rows() {
+    let prefix = unique("sections");
+    let db = stored_backup(&prefix);
+    let source = fingerprints(Pg::V15, &db.url);
+    let target = TestDb::empty(Pg::V15, &unique("sections_target"));
+
+    let mut schema = s3_cmd("restore", &prefix);
+    schema.args(["--target-database-url", &target.url, "--schema-only"]);
+    run(schema).expect_code(0);
+    let counts = table_counts(Pg::V15, &target.url);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        source.keys().collect::<Vec<_>>(),
+        "every table defined"
+    );
+    assert!(counts.values().all(|&n| n == 0), "no rows: {counts:?}");
+    assert_eq!(
+        parts_of(Pg::V15, &target.url, "notes"),
+        parts_of(Pg::V15, &db.url, "notes")
+    );
+
+    // Rows of one table into the tables that exist, through the spooled path.
+    let mut data = s3_cmd("restore", &prefix);
+    data.args([
+        "--target-database-url",
+        &target.url,
+        "--data-only",
+        "--table",
+        "users",
+        "--jobs",
+        "2",
+    ]);
+    run(data).expect_code(0);
+    let after = fingerprints(Pg::V15, &target.url);
+    assert_eq!(after["public.users"], source["public.users"]);
+    assert!(
+        without(after, "public.users").values().all(|f| f == "0:"),
+        "only users has rows"
+    );
+
+    let mut both = s3_cmd("restore", &prefix);
+    both.args([
+        "--target-database-url",
+        &target.url,
+        "--data-only",
+        "--clean",
+    ]);
+    let r = run(both);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("--data-only") && r.stderr.contains("--clean"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn list_shows_backups_and_debris_newest_first() {
     let prefix = unique("list");
@@ -408,6 +647,52 @@ fn old_script_archives_are_listed_and_restored_into_the_named_database_only() {
     run(ok).expect_code(0);
     assert_eq!(table_counts(Pg::V15, &target_url), source);
     assert_eq!(table_counts(Pg::V15, &url), source);
+}
+
+/// An object replaced by another valid archive (intact compression, another sha256),
+/// read back slowly. pg_restore does not wait for the end of its input: it commits once
+/// it has read what it needs, which for `--schema-only` or `--table` can be long before
+/// the end of the object (and its sha256) is reached. Nothing may be committed, whole
+/// or in part.
+#[test]
+fn restore_of_a_replaced_object_commits_nothing() {
+    let prefix = unique("replaced");
+    let name = unique("replaced");
+    let db = TestDb::leaflock(Pg::V15, &name, 2);
+    // Rows enough for an archive of several MiB, which takes seconds through the proxy.
+    psql(
+        Pg::V15,
+        &db.url,
+        "CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 150000) g",
+    );
+    run(s3_run(&db.url, &prefix, &name)).expect_code(0);
+    let key = one_key(&prefix, ".dump.gz");
+    psql(Pg::V15, &db.url, "DELETE FROM audit_log");
+    let other = unique("replaced_other");
+    run(s3_run(&db.url, &other, &name)).expect_code(0);
+    s3_put(&key, s3_get(&one_key(&other, ".dump.gz")));
+    let slow = proxy::throttle_down(&proxy::host_port(&testbed().s3_endpoint()), 1_500_000);
+
+    for part in [&[][..], &["--schema-only"][..], &["--table", "users"][..]] {
+        let target = TestDb::empty(Pg::V15, &unique("replaced_target"));
+        let mut cmd = s3_cmd("restore", &prefix);
+        cmd.env("LEAFLOCK_BACKUP_S3_ENDPOINT", slow.url())
+            .args(["latest", "--target-database-url", &target.url])
+            .args(part);
+        let r = run(cmd);
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains("sha256 mismatch")
+                || r.stderr.contains("does not match its manifest"),
+            "{part:?}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            table_counts(Pg::V15, &target.url).len(),
+            0,
+            "{part:?}: nothing committed"
+        );
+    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::error::{usage, UsageError};
 use crate::manifest::Manifest;
 use crate::pgtool;
 use crate::readback;
-use crate::restore;
+use crate::restore::{self, Section};
 use crate::signals::Cancel;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
@@ -33,7 +33,10 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         jobs,
         pg_restore: explicit,
         connect_timeout: timeout,
+        section,
+        tables: wanted,
     } = resolve_restore_target(args)?;
+    let partial = !wanted.is_empty() || section != Section::All;
     let trust = resolve_trust(&args.trust, Some(&args.allow), None)?;
     let cancel = Cancel::install().context("cannot install signal handlers")?;
 
@@ -48,6 +51,14 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         _ => bail!("{} has no valid manifest: it is not a backup", entry.key),
     };
     trust.admit(&entry.key, &entry.trust(&trust), "restore")?;
+    if partial && manifest.is_none() {
+        return usage(format!(
+            "{} is an SQL archive of LeafLock's old backup script: --table, --schema-only and \
+             --data-only need a custom-format archive; restore it whole into a scratch database \
+             and copy back what was lost",
+            entry.key
+        ));
+    }
     let old_script_key = match manifest {
         Some(_) => None,
         None => match keys.passphrase() {
@@ -63,16 +74,59 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
     };
 
     let tables = restore::tables_in_target(&target, timeout).await?;
-    if tables > 0 && !args.clean {
+    // A table restore checks the tables it restores itself (`plan_tables`); rows alone
+    // go into tables that exist.
+    if tables > 0 && !args.clean && wanted.is_empty() && section != Section::DataOnly {
         return usage(format!(
             "the target database {} already has {tables} tables; pass --clean to replace what the \
              backup contains, or restore into an empty database",
             target.redacted()
         ));
     }
+    let mut opts = restore::Options {
+        target: &target,
+        clean: args.clean,
+        no_owner: args.no_owner,
+        jobs,
+        section,
+        use_list: None,
+    };
+    let plan = match manifest {
+        Some(m) if !wanted.is_empty() => {
+            let decode = readback::Decode::for_manifest(m, &keys, args.require_encryption)?;
+            let storage = storage.as_ref();
+            let plan = restore::plan_tables(storage, m, decode, &wanted, &opts, timeout).await?;
+            tracing::info!(
+                tables = %plan.tables.join(", "),
+                entries = plan.entries,
+                added = %plan.added.join(", "),
+                "restoring these tables with what belongs to them (and what they need that the \
+                 target lacks); no other table is touched"
+            );
+            if !plan.left_out.is_empty() {
+                tracing::warn!(
+                    constraints = %plan.left_out.join(", "),
+                    "foreign keys of other tables that point at the restored tables are in the \
+                     backup but left out (a table restore never alters another table): add them \
+                     back by hand if the target's tables lack them"
+                );
+            }
+            Some(plan)
+        }
+        _ => None,
+    };
     if !args.yes && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-        confirm(&entry.key, manifest, &target, tables, args.clean)?;
+        let what = match &plan {
+            Some(p) => format!("tables {}", p.tables.join(", ")),
+            None => "the whole backup".into(),
+        };
+        confirm(&entry.key, manifest, &target, tables, args.clean, &what)?;
     }
+    let list = match &plan {
+        Some(p) => Some(write_use_list(&p.use_list)?),
+        None => None,
+    };
+    opts.use_list = list.as_ref().map(|f| f.path());
     let clock = Instant::now();
     let Some(manifest) = manifest else {
         let password = old_script_key.expect("set for old-script archives");
@@ -100,12 +154,6 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         "restoring"
     );
     let decode = readback::Decode::for_manifest(manifest, &keys, args.require_encryption)?;
-    let opts = restore::Options {
-        target: &target,
-        clean: args.clean,
-        no_owner: args.no_owner,
-        jobs,
-    };
     let job = restore::backup(storage.as_ref(), manifest, decode, &tool, &opts);
     tokio::select! {
         biased;
@@ -172,12 +220,26 @@ async fn list(args: &RestoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// The use-list pg_restore reads, in a private temporary file.
+fn write_use_list(text: &str) -> Result<tempfile::NamedTempFile> {
+    let mut f = tempfile::Builder::new()
+        .prefix("leaflock-restore-")
+        .suffix(".list")
+        .tempfile()
+        .context("cannot create pg_restore's list file in TMPDIR")?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.flush())
+        .context("cannot write pg_restore's list file in TMPDIR")?;
+    Ok(f)
+}
+
 fn confirm(
     key: &str,
     m: Option<&Manifest>,
     target: &ConnInfo,
     tables: i64,
     clean: bool,
+    part: &str,
 ) -> Result<()> {
     let what = match m {
         Some(m) => format!(
@@ -188,7 +250,7 @@ fn confirm(
         None => "an archive of the old backup script".to_string(),
     };
     eprint!(
-        "Restore {key} ({what}) into {}{}? [y/N] ",
+        "Restore {part} of {key} ({what}) into {}{}? [y/N] ",
         target.redacted(),
         if clean {
             format!(", replacing objects among its {tables} tables")
