@@ -12,10 +12,9 @@ mod common;
 
 use age::secrecy::ExposeSecret;
 use common::proxy;
+use common::receiver::Receiver;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 fn check_cmd(db_url: &str, prefix: &str) -> Command {
     let mut cmd = runner();
@@ -60,46 +59,6 @@ fn failed_lines(r: &RunResult) -> Vec<String> {
         .collect()
 }
 
-/// A tiny HTTP receiver of the test's own: answers 200 to everything, records
-/// "METHOD path body".
-fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut first = String::new();
-            if r.read_line(&mut first).is_err() {
-                continue;
-            }
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            let mut parts = first.split_whitespace();
-            s.lock().unwrap().push(format!(
-                "{} {} {}",
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-                String::from_utf8_lossy(&body)
-            ));
-            let _ = (&conn)
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (url, seen)
-}
-
 fn pushgateway_groups_with_probe() -> usize {
     let body = rt().block_on(async {
         reqwest::get(format!("{}/api/v1/metrics", testbed().pushgateway()))
@@ -121,7 +80,8 @@ fn a_good_setup_passes_every_check_and_leaves_nothing() {
     let id = age::x25519::Identity::generate();
     let id_path = dir.path().join("id.txt");
     std::fs::write(&id_path, format!("{}\n", id.to_string().expose_secret())).unwrap();
-    let (hook, seen) = receiver();
+    let rx = Receiver::start(true);
+    let hook = rx.url("");
     let mut cmd = check_cmd(&db.url, &prefix);
     cmd.args(["--restore-drill", "--encrypt-to"])
         .arg(id.to_public().to_string())
@@ -174,7 +134,7 @@ fn a_good_setup_passes_every_check_and_leaves_nothing() {
     assert!(!dir.path().join("leaflock.prom").exists());
     // The receiver got one check event and a /log message (which changes no check's
     // state), never a start, success or fail ping.
-    let seen = seen.lock().unwrap().clone();
+    let seen = rx.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(
         seen.iter()
@@ -348,18 +308,7 @@ fn a_clock_ten_minutes_off_fails_the_clock_line() {
     let name = unique("check_clock");
     let db = TestDb::leaflock(Pg::V15, &name, 1);
     let prefix = unique("check_clock");
-    let inner = check_cmd(&db.url, &prefix);
-    let mut cmd = Command::new("faketime");
-    cmd.args(["-f", "+10m"])
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    let r = run(cmd);
+    let r = run(faketime("+10m", &check_cmd(&db.url, &prefix)));
     r.expect_code(1);
     let (mark, text) = line(&r, "clock");
     assert_eq!(mark, '✗', "{}", r.stdout);

@@ -5,95 +5,9 @@
 
 mod common;
 
+use common::receiver::Receiver;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// One request the receiver got: path and body.
-#[derive(Debug, Clone)]
-struct Got {
-    path: String,
-    body: String,
-}
-
-/// An HTTP server that records every request and answers 200 (or never answers).
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<Got>>>,
-}
-
-impl Receiver {
-    fn start(answer: bool) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let g = g.clone();
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(stream.try_clone().unwrap());
-                    let mut line = String::new();
-                    if r.read_line(&mut line).is_err() {
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    let _ = r.read_exact(&mut body);
-                    g.lock().unwrap().push(Got {
-                        path,
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                    });
-                    if answer {
-                        let mut s = stream;
-                        let _ = s.write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOK",
-                        );
-                    } else {
-                        std::thread::sleep(Duration::from_secs(60));
-                    }
-                });
-            }
-        });
-        Receiver { port, got }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn events(&self) -> Vec<serde_json::Value> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|g| g.path == "/hook")
-            .map(|g| serde_json::from_str(&g.body).unwrap())
-            .collect()
-    }
-
-    fn pings(&self) -> Vec<Got> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|g| g.path.starts_with("/ping"))
-            .cloned()
-            .collect()
-    }
-}
 
 fn names(events: &[serde_json::Value]) -> Vec<&str> {
     events

@@ -460,19 +460,7 @@ fn retention_deletes_nothing_while_the_local_clock_disagrees_with_the_stores() {
     let first = the_key(run(s3_run(&url, &prefix, &group)).expect_code(0));
     std::thread::sleep(Duration::from_millis(1100));
     // The same run on a host whose clock is 10 minutes ahead (SigV4 still accepts it).
-    let skewed = |sub: Command| {
-        let mut cmd = Command::new("faketime");
-        cmd.args(["-f", "+10m"])
-            .arg(sub.get_program())
-            .args(sub.get_args());
-        for (k, v) in sub.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        cmd
-    };
+    let skewed = |sub: Command| faketime("+10m", &sub);
     let mut second = s3_run(&url, &prefix, &group);
     second.args(["--keep-last", "1", "--clock-tolerance", "1m"]);
     let r = run(skewed(second));

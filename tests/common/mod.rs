@@ -10,6 +10,7 @@
 
 pub mod machine;
 pub mod proxy;
+pub mod receiver;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -151,6 +152,22 @@ pub fn unique(name: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// `inner` run by `faketime -f OFFSET` (e.g. `+10m`): the same program, arguments and
+/// environment on a host whose clock is off by that much.
+pub fn faketime(offset: &str, inner: &Command) -> Command {
+    let mut cmd = Command::new("faketime");
+    cmd.args(["-f", offset])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd
 }
 
 /// Run psql against `url` with `sql`; panics with psql's stderr on failure.
