@@ -11,7 +11,7 @@
 use crate::clock::Clock;
 use crate::conninfo::ConnInfo;
 use crate::crypto::{Encryption, Keys};
-use crate::database;
+use crate::database::{self, USER_RELATION};
 use crate::drill::DrillOptions;
 use crate::error::LockHeld;
 use crate::lock;
@@ -205,31 +205,28 @@ async fn database(plan: &Plan<'_>, run_id: &str, out: &mut Vec<Finding>) {
 async fn privileges(client: &tokio_postgres::Client, user: &str) -> Finding {
     let rows = client
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname),
+            &format!(
+                "SELECT format('%I.%I', n.nspname, c.relname),
                     CASE WHEN NOT has_schema_privilege(n.oid, 'USAGE') THEN 'schema'
                          WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p', 'S', 'm', 'v')
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg\\_toast%'
-                AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-                AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                                 WHERE d.classid = 'pg_class'::regclass
-                                   AND d.objid = c.oid AND d.deptype = 'e')
+                AND {USER_RELATION}
                 AND NOT (has_schema_privilege(n.oid, 'USAGE')
                          AND CASE WHEN c.relkind = 'S'
                                   THEN has_sequence_privilege(c.oid, 'SELECT')
                                   ELSE has_table_privilege(c.oid, 'SELECT') END)
-              ORDER BY 1",
+              ORDER BY 1"
+            ),
             &[],
         )
         .await;
     let count: i64 = client
         .query_one(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind IN ('r', 'p', 'S', 'm', 'v')
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'",
+            &format!(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'S', 'm', 'v') AND {USER_RELATION}"
+            ),
             &[],
         )
         .await

@@ -115,6 +115,16 @@ pub struct Snapshot {
     pub indexes: Vec<String>,
 }
 
+/// The relations that are the database's own (for `pg_class c JOIN pg_namespace n`):
+/// not in a system, TOAST or temporary schema, not a member of an extension. What is
+/// counted and dumped, and what `check` proves the role can read.
+pub const USER_RELATION: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_toast%'
+                AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                 WHERE d.classid = 'pg_class'::regclass
+                                   AND d.objid = c.oid AND d.deptype = 'e')";
+
 /// Begin a REPEATABLE READ transaction on `client`, export its snapshot, and count the
 /// rows of every table pg_dump will dump, in that snapshot. The transaction stays open
 /// until the client is dropped.
@@ -130,17 +140,14 @@ pub async fn pin_snapshot(client: &Client) -> Result<Snapshot> {
         .get(0);
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text
+            &format!(
+                "SELECT n.nspname::text, c.relname::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p')
                 AND NOT c.relispartition
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg\\_toast%'
-                AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-                AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                                 WHERE d.classid = 'pg_class'::regclass
-                                   AND d.objid = c.oid AND d.deptype = 'e')
-              ORDER BY 1, 2",
+                AND {USER_RELATION}
+              ORDER BY 1, 2"
+            ),
             &[],
         )
         .await
