@@ -622,6 +622,28 @@ fn store_answer(status: Option<u16>, meta: &aws_sdk_s3::error::ErrorMetadata) ->
 }
 
 impl S3Storage {
+    /// A PutObject of `body` at `key` with every protection asked for: the request
+    /// checksum, SSE-S3/KMS or SSE-C, and Object Lock (mode and retain-until date).
+    fn protected_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: ByteStream,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_checksum_algorithm(self.protect.checksum.algorithm())
+            .set_server_side_encryption(self.protect.server_side())
+            .set_ssekms_key_id(self.protect.kms_key())
+            .sse_c(self.protect.sse_c())
+            .set_object_lock_mode(self.protect.lock().0)
+            .set_object_lock_retain_until_date(self.protect.lock().1)
+            .body(body)
+    }
+
     pub async fn new(cfg: &S3Config) -> Result<S3Storage> {
         let where_ = format!(
             "s3://{}/{} at {}",
@@ -736,19 +758,7 @@ impl Storage for S3Storage {
     }
 
     async fn put_small(&self, key: &str, data: Bytes, replace: bool) -> Result<()> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .set_checksum_algorithm(self.protect.checksum.algorithm())
-            .set_server_side_encryption(self.protect.server_side())
-            .set_ssekms_key_id(self.protect.kms_key())
-            .sse_c(self.protect.sse_c())
-            .set_object_lock_mode(self.protect.lock().0)
-            .set_object_lock_retain_until_date(self.protect.lock().1)
-            .body(ByteStream::from(data.clone()));
+        let mut req = self.protected_put(key, "application/json", ByteStream::from(data.clone()));
         if !replace {
             req = req.if_none_match("*");
         }
@@ -1075,21 +1085,10 @@ impl Storage for S3Storage {
             allow_unapplied: false,
             ..self.protect.clone()
         };
+        let body = ByteStream::from_static(b"leaflock-backup check: object lock probe\n");
         let put = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("text/plain")
-            .set_checksum_algorithm(self.protect.checksum.algorithm())
-            .set_server_side_encryption(self.protect.server_side())
-            .set_ssekms_key_id(self.protect.kms_key())
-            .sse_c(self.protect.sse_c())
-            .set_object_lock_mode(want.lock().0)
+            .protected_put(key, "text/plain", body)
             .object_lock_retain_until_date(aws_smithy_types::DateTime::from_secs(until.timestamp()))
-            .body(ByteStream::from_static(
-                b"leaflock-backup check: object lock probe\n",
-            ))
             .send()
             .await
             .map_err(|e| {
