@@ -694,6 +694,20 @@ fn old_script_archives_are_listed_and_restored_into_the_named_database_only() {
     assert!(r.stderr.contains("does not decrypt"), "{}", r.stderr);
     assert_eq!(table_counts(Pg::V15, &target_url).len(), 0);
 
+    // Tables or sections of an SQL archive: refused, naming the flags.
+    let mut part = s3_cmd("restore", &prefix);
+    part.args([key.as_str(), "--target-database-url", &target_url])
+        .args(["--table", "notes"])
+        .env("BACKUP_ENCRYPTION_KEY", password);
+    let r = run(part);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("--table, --schema-only and --data-only"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(table_counts(Pg::V15, &target_url).len(), 0);
+
     // A truncated archive: nothing committed.
     let short_key = format!("{prefix}/2025/06/02/leaflock_backup_20250602_020000.sql.gz.enc");
     s3_put(&short_key, archive[..archive.len() * 2 / 3].to_vec());
