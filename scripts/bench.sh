@@ -114,6 +114,13 @@ RUNNER=$WORK/runner.sh
 } >"$RUNNER"
 chmod 700 "$RUNNER"
 
+# field NAME FILE: the last number logged as "NAME" in FILE (JSON lines), or 0.
+field() {
+    local v
+    v=$(grep -o "\"$1\":[0-9.e+-]*" "$2" | tail -n1 | cut -d: -f2)
+    echo "${v:-0}"
+}
+
 # measure NAME ROUND COMMAND: run COMMAND (a bash string) under /usr/bin/time and
 # record "wall cpu rss_kib stored_bytes" in $WORK/NAME.results.
 measure() {
@@ -130,7 +137,10 @@ measure() {
     pigz) stored=$(stat -c %s "$WORK/pigz.dump.gz"); rm -f "$WORK/pigz.dump.gz" ;;
     runner_*) stored=$(grep -o '"stored_bytes":[0-9]*' "$out" | tail -n1 | cut -d: -f2)
         grep -F '"pipeline stages"' "$out" >"$WORK/$name.stages" || true
-        grep -F '"CPU time so far' "$out" >>"$WORK/$name.stages" || true ;;
+        grep -F '"CPU time so far' "$out" >>"$WORK/$name.stages" || true
+        grep -F '"archive digests' "$out" >>"$WORK/$name.stages" || true
+        # The content digests' cost: "runner_cpu digest_cpu uncompressed_bytes pg_dump_cpu".
+        echo "$(field runner_cpu_seconds "$out") $(field digest_cpu_seconds "$out") $(field uncompressed_bytes "$out") $(field pg_dump_cpu_seconds "$out")" >>"$WORK/$name.digests" ;;
     esac
     read -r wall user sys rss <"$tf"
     echo "$wall $(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') $rss ${stored:-0}" >>"$WORK/$name.results"
@@ -194,9 +204,26 @@ for name in "${NAMES[@]}"; do
         "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$stored" "$r1" "$r2"
 done
 echo
+echo "Content digests (medians; CPU seconds per GB of dump; the runner's CPU without pg_dump's):"
+echo
+echo '| command | runner CPU with digests | of which the digest thread | without (difference) | cost |'
+echo '|---|---|---|---|---|'
+for name in runner_gzip runner_zstd; do
+    f=$WORK/$name.digests
+    [[ -s $f ]] || continue
+    awk '$3 > 0 { print $1 / $3 * 1e9, $2 / $3 * 1e9, $4 / $3 * 1e9 }' "$f" >"$f.per_gb"
+    with=$(median "$f.per_gb" 1)
+    digest=$(median "$f.per_gb" 2)
+    pg_dump=$(median "$f.per_gb" 3)
+    printf '| %s | %.2f s/GB | %.3f s/GB | %.2f s/GB | +%.1f %% of the runner'"'"'s CPU (+%.1f %% with pg_dump'"'"'s) |\n' \
+        "$(label "$name")" "$with" "$digest" "$(awk -v a="$with" -v b="$digest" 'BEGIN { print a - b }')" \
+        "$(awk -v a="$with" -v b="$digest" 'BEGIN { print (a - b > 0) ? 100 * b / (a - b) : 0 }')" \
+        "$(awk -v a="$with" -v b="$digest" -v p="$pg_dump" 'BEGIN { print (a - b + p > 0) ? 100 * b / (a - b + p) : 0 }')"
+done
+echo
 echo "Where the runner's time went (last round, debug log):"
 for name in runner_gzip runner_zstd; do
     [[ -s $WORK/$name.stages ]] || continue
     echo "- $name:"
-    tail -n 2 "$WORK/$name.stages" | sed 's/^/    /'
+    tail -n 3 "$WORK/$name.stages" | sed 's/^/    /'
 done

@@ -8,7 +8,8 @@
 //! content digests — every table's rows: `COPY table (columns) TO STDOUT` from the
 //! scratch database, with the column list of the archive's COPY statement and the
 //! session settings pg_dump's COPY text was written with (`dump::COPY_SETTINGS`, the
-//! dump's client encoding), hashed as the backup hashed the archive's rows. Only a
+//! dump's client encoding), hashed as the backup hashed the archive's rows (with the
+//! algorithm the manifest names: `blake3-sum`, or `sha256-sum` for older backups). Only a
 //! drill whose digests all matched is "content verified"; one of a backup without
 //! digests is "counts only". Then amcheck's index and heap checks (`amcheck.rs`),
 //! when the server has it. The scratch database is
@@ -337,13 +338,13 @@ async fn check_content(
     rec: &mut DrillRecord,
     failures: &mut Vec<String>,
 ) -> Result<()> {
-    if content.algorithm != manifest::CONTENT_ALGORITHM {
+    let Some(algorithm) = content.digest_algorithm() else {
         failures.push(format!(
             "the manifest's content digests use {:?}, which this version cannot recompute",
             content.algorithm
         ));
         return Ok(());
-    }
+    };
     for (name, value) in crate::dump::COPY_SETTINGS {
         client
             .execute(
@@ -371,7 +372,7 @@ async fn check_content(
         }
     }
     for t in &content.tables {
-        match table_digest(client, t).await {
+        match table_digest(client, t, algorithm).await {
             Ok(found) => {
                 rec.digests_checked += 1;
                 if let Some(diff) = t.differences(&found) {
@@ -390,10 +391,12 @@ async fn check_content(
     Ok(())
 }
 
-/// `COPY schema.table (columns) TO STDOUT`, hashed row by row as it streams.
+/// `COPY schema.table (columns) TO STDOUT`, hashed row by row with `algorithm` as it
+/// streams.
 async fn table_digest(
     client: &tokio_postgres::Client,
     t: &manifest::TableDigest,
+    algorithm: manifest::DigestAlgorithm,
 ) -> Result<manifest::TableDigest> {
     use futures::StreamExt;
     let columns = if t.columns.is_empty() {
@@ -412,7 +415,7 @@ async fn table_digest(
         .await
         .map_err(|e| anyhow::anyhow!("{}", db_error(&e)))?;
     let mut stream = std::pin::pin!(stream);
-    let mut rows = crate::archive::RowSplitter::default();
+    let mut rows = crate::archive::Rows::new(algorithm);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| anyhow::anyhow!("{}", db_error(&e)))?;
         rows.feed(&chunk);

@@ -6,7 +6,7 @@
 //! sha256 of the stored object), so that `verify`, `restore` and the drill can check a
 //! backup exactly. It never holds a secret.
 
-pub use crate::archive::TableDigest;
+pub use crate::archive::{DigestAlgorithm, TableDigest};
 use crate::database::TableCount;
 use crate::scope::{self, Scope};
 use chrono::{DateTime, Utc};
@@ -65,7 +65,9 @@ pub struct Manifest {
 /// What the archive's rows hash to, table by table (`archive.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Content {
-    /// How `digest` is computed: [`CONTENT_ALGORITHM`].
+    /// How `digest` is computed: the name of a [`DigestAlgorithm`] (`blake3-sum` for
+    /// new backups, `sha256-sum` before it). Kept as read, so that a name this version
+    /// does not know is reported, not a manifest that cannot be read.
     pub algorithm: String,
     /// The archive format version pg_dump wrote.
     pub archive_version: String,
@@ -76,17 +78,20 @@ pub struct Content {
     pub tables: Vec<TableDigest>,
 }
 
-/// The sum modulo 2^256 of the sha256 of every COPY text row (without its newline).
-pub const CONTENT_ALGORITHM: &str = "sha256-sum";
-
 impl Content {
     pub fn from_archive(a: crate::archive::Archive) -> Content {
         Content {
-            algorithm: CONTENT_ALGORITHM.into(),
+            algorithm: a.algorithm.name().into(),
             archive_version: a.version,
             encoding: a.encoding,
             tables: a.tables,
         }
+    }
+
+    /// The algorithm `algorithm` names, if this version knows it (the name is
+    /// untrusted: it selects one of the known algorithms or none).
+    pub fn digest_algorithm(&self) -> Option<DigestAlgorithm> {
+        DigestAlgorithm::from_name(&self.algorithm)
     }
 }
 
@@ -250,7 +255,7 @@ mod tests {
             extensions: vec!["pg_trgm".into()],
             indexes: vec!["public.notes_pkey".into()],
             content: Some(Content {
-                algorithm: CONTENT_ALGORITHM.into(),
+                algorithm: DigestAlgorithm::CURRENT.name().into(),
                 archive_version: "1.14.0".into(),
                 encoding: Some("UTF8".into()),
                 tables: vec![TableDigest {

@@ -199,7 +199,8 @@ where
         Ok(hex::encode(hasher.finalize()))
     });
 
-    let (digest_tx, digester) = crate::archive::spawn_reader();
+    let (digest_tx, digester) =
+        crate::archive::spawn_reader(crate::archive::DigestAlgorithm::CURRENT);
     let counters_r = counters.clone();
     let read = async move {
         let mut first = true;
@@ -282,6 +283,7 @@ where
         }
     };
     tracing::debug!(
+        algorithm = crate::archive::DigestAlgorithm::CURRENT.name(),
         digest_cpu_seconds = digest_cpu,
         waited_seconds = digest_clock.elapsed().as_secs_f64(),
         tables = archive.as_ref().map(|a| a.tables.len()),

@@ -3,7 +3,9 @@
 //! it from the restored database, `verify` from the stored object. A value changed
 //! inside a stored backup (its manifest's sha256 and size rewritten to match) must
 //! fail both, naming the table; rows in another physical order must still match; a
-//! backup without digests is drilled as before and labelled "counts only".
+//! backup without digests is drilled as before and labelled "counts only"; a manifest
+//! of the earlier algorithm (`sha256-sum`) is still recomputed and checked, and one
+//! naming an algorithm this version does not know fails.
 
 mod common;
 
@@ -12,10 +14,60 @@ use serde_json::Value;
 use std::io::Write;
 use std::process::Command;
 
-/// The digest of `public.awkward` (tests/fixtures/awkward.sql) as an independent
-/// implementation (Python's hashlib over `COPY ... TO STDOUT` with pg_dump's settings)
-/// computed it; `src/archive.rs` checks the same figure on its fixtures.
-const AWKWARD_DIGEST: &str = "67f8300829e760a8b2916f3dd59fe0db86fe7378bfcce481eeaaca5fca31399d";
+/// The `blake3-sum` digests of the tables of `tests/fixtures/awkward.sql`
+/// (schema, name, digest), as an independent implementation computed them (Python,
+/// the `blake3` package of PyPI, over the COPY rows pg_dump writes); `src/archive.rs`
+/// checks the same figures on its fixtures.
+const AWKWARD_BLAKE3: [(&str, &str, &str); 4] = [
+    (
+        "Other Schema",
+        "Mixed Case",
+        "8694d49773444c368cdf66d1778b0f91dded10b61a503a2064fc09edf3df331d",
+    ),
+    (
+        "public",
+        "awkward",
+        "0d1d1e0c6e5defc4bd398690fe80d9576eaa9bd8fcf8b5983d5f3ac87a5194ae",
+    ),
+    (
+        "public",
+        "empty_table",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    ),
+    (
+        "public",
+        "no_columns",
+        "5e269373ebf3434d40809bd46db9929337964b935b82256f99352795c83e64c4",
+    ),
+];
+
+/// The same tables' `sha256-sum` digests (what backups made before `blake3-sum`
+/// recorded), computed by Python's hashlib.
+const AWKWARD_SHA256: [(&str, &str, &str); 4] = [
+    (
+        "Other Schema",
+        "Mixed Case",
+        "2b41d62e4d5bf58f3862c80ad967a1801bd431b485fa78c3c3aae9c3bbcd4d64",
+    ),
+    (
+        "public",
+        "awkward",
+        "67f8300829e760a8b2916f3dd59fe0db86fe7378bfcce481eeaaca5fca31399d",
+    ),
+    (
+        "public",
+        "empty_table",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    ),
+    (
+        "public",
+        "no_columns",
+        "c761888531f8382935f7e99132df72484f5c83c8c9372699492b3236f0a570aa",
+    ),
+];
+
+/// The digest of `public.awkward` new backups record.
+const AWKWARD_DIGEST: &str = AWKWARD_BLAKE3[1].2;
 
 /// A LeafLock-shaped database with the awkward tables of the fixture added.
 fn awkward_db(pg: Pg, name: &str) -> TestDb {
@@ -86,6 +138,7 @@ fn backup_and_drill(
 
 fn assert_content_verified(m: &Value, rec: &Value, r: &RunResult) {
     let tables = m["content"]["tables"].as_array().unwrap();
+    assert_eq!(m["content"]["algorithm"], "blake3-sum");
     assert_eq!(rec["passed"], true, "{rec}");
     assert_eq!(rec["content_verified"], true, "{rec}");
     assert_eq!(
@@ -374,6 +427,128 @@ fn a_backup_without_digests_is_counts_only() {
     let v = run(verify_cmd(pg, &prefix));
     v.expect_code(0);
     assert!(v.stdout.contains("counts only"), "{}", v.stdout);
+}
+
+/// A manifest written before `blake3-sum` records `sha256-sum` digests: the drill and
+/// `verify` recompute those with SHA-256 and check them as before (content verified);
+/// a changed digest still fails, naming the table; an algorithm this version does not
+/// know is a failure, never a pass. The database holds only the fixture's tables, so
+/// every digest the old manifest needs is known from an independent implementation.
+#[test]
+fn an_old_sha256_sum_manifest_is_still_content_verified() {
+    let pg = Pg::V15;
+    let name = unique("content_sha256");
+    let db = TestDb::empty(pg, &name);
+    let sql = std::fs::read_to_string(repo_root().join("tests/fixtures/awkward.sql")).unwrap();
+    psql(pg, &db.url, &sql);
+    let prefix = unique("content_sha256");
+    let mut cmd = s3_run(&db.url, &prefix, &name);
+    cmd.env("PATH", pg.path_env());
+    run(cmd).expect_code(0);
+    let mkey = one_key(&prefix, ".manifest.json");
+    let new = s3_json(&mkey);
+    assert_eq!(new["content"]["algorithm"], "blake3-sum");
+    assert_eq!(new["content"]["tables"].as_array().unwrap().len(), 4);
+    for (schema, table, digest) in AWKWARD_BLAKE3 {
+        assert_eq!(
+            content_table(&new, schema, table)["digest"],
+            digest,
+            "{schema}.{table}"
+        );
+    }
+
+    // The manifest as the version before blake3-sum wrote it.
+    let with = |algorithm: &str, digests: &[(&str, &str, &str)]| {
+        let mut m = new.clone();
+        m["content"]["algorithm"] = algorithm.into();
+        for t in m["content"]["tables"].as_array_mut().unwrap() {
+            let (_, _, d) = digests
+                .iter()
+                .find(|(s, n, _)| t["schema"] == *s && t["name"] == *n)
+                .unwrap_or_else(|| panic!("an unexpected table {t}"));
+            t["digest"] = (*d).into();
+        }
+        s3_put(&mkey, serde_json::to_vec_pretty(&m).unwrap());
+    };
+    with("sha256-sum", &AWKWARD_SHA256);
+    let r = run(drill_cmd(pg, &prefix));
+    r.expect_code(0);
+    assert!(
+        r.line("restore drill passed (content verified)").is_some(),
+        "{}",
+        r.stderr
+    );
+    assert_no_scratch_left(pg, &r);
+    let rec = s3_json(&one_key(&prefix, ".drill.json"));
+    assert_eq!(rec["content_verified"], true, "{rec}");
+    assert_eq!(rec["digests_checked"], 4, "{rec}");
+    let v = run(verify_cmd(pg, &prefix));
+    v.expect_code(0);
+    assert!(
+        v.stdout.contains("content verified (4 tables)"),
+        "{}",
+        v.stdout
+    );
+
+    // One sha256-sum digest changed: still recomputed and compared, so it fails.
+    let mut changed = AWKWARD_SHA256;
+    changed[0].2 = "2b41d62e4d5bf58f3862c80ad967a1801bd431b485fa78c3c3aae9c3bbcd4d65";
+    with("sha256-sum", &changed);
+    let r = run(drill_cmd(pg, &prefix));
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains(
+            "table Other Schema.Mixed Case: content differs from the backup's digest (digest "
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("table public.awkward"), "{}", r.stderr);
+    let v = run(verify_cmd(pg, &prefix));
+    v.expect_code(1);
+    assert!(
+        v.stderr
+            .contains("table Other Schema.Mixed Case: content differs from the manifest (digest "),
+        "{}",
+        v.stderr
+    );
+
+    // The blake3-sum digests under the sha256-sum name: the name chooses the hash.
+    with("sha256-sum", &AWKWARD_BLAKE3);
+    let r = run(drill_cmd(pg, &prefix));
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("table public.awkward: content differs"),
+        "{}",
+        r.stderr
+    );
+
+    // A name this version does not know: a failure that says so, in both.
+    with("sha512-sum", &AWKWARD_SHA256);
+    let r = run(drill_cmd(pg, &prefix));
+    r.expect_code(1);
+    assert!(
+        r.line(
+            "restore drill failed: the manifest's content digests use \"sha512-sum\", which this version cannot recompute"
+        )
+        .is_some(),
+        "{}",
+        r.stderr
+    );
+    assert_no_scratch_left(pg, &r);
+    let rec = s3_json(&one_key(&prefix, ".drill.json"));
+    assert_eq!(rec["passed"], false, "{rec}");
+    assert_eq!(rec["content_verified"], false, "{rec}");
+    let v = run(verify_cmd(pg, &prefix));
+    v.expect_code(1);
+    assert!(
+        v.line(
+            "is NOT intact: its manifest's content digests use \"sha512-sum\", which this version cannot recompute"
+        )
+        .is_some(),
+        "{}",
+        v.stderr
+    );
 }
 
 /// A drill role that may not create amcheck (it is not a trusted extension): the

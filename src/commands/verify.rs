@@ -3,8 +3,8 @@
 //! decompression to the end, and pg_restore reading every block of the archive
 //! (`pg_restore --file=/dev/null`), and, when the manifest has content digests, every
 //! table's rows: the archive is read as it streams (`archive.rs`) and each table's
-//! digest, row and byte counts recomputed and compared with the manifest's. Exit 0 if
-//! intact, 1 if not, with the reason.
+//! digest, row and byte counts recomputed (with the algorithm the manifest names) and
+//! compared with the manifest's. Exit 0 if intact, 1 if not, with the reason.
 
 use crate::catalog::Kind;
 use crate::cli::VerifyArgs;
@@ -45,9 +45,12 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
 
     let mut cmd = pgtool::command(&tool.path);
     cmd.arg("--file=/dev/null");
-    let (tap, reader) = match manifest.content {
-        Some(_) => {
-            let (tx, handle) = crate::archive::spawn_reader();
+    // The rows are hashed with the algorithm the manifest names, when it is one this
+    // version knows; an unknown one is reported once the stored object was checked.
+    let algorithm = manifest.content.as_ref().and_then(|c| c.digest_algorithm());
+    let (tap, reader) = match algorithm {
+        Some(algorithm) => {
+            let (tx, handle) = crate::archive::spawn_reader(algorithm);
             (Some(tx), Some(handle))
         }
         None => (None, None),
@@ -88,7 +91,12 @@ pub async fn execute(args: &VerifyArgs) -> Result<()> {
             }
             format!("content verified ({} tables)", content.tables.len())
         }
-        _ => "counts only (no content digests in the manifest)".to_string(),
+        (Some(content), None) => bail!(
+            "{} is NOT intact: {}",
+            entry.key,
+            unknown_algorithm(&content.algorithm)
+        ),
+        (None, _) => "counts only (no content digests in the manifest)".to_string(),
     };
     if !fed.custom_format {
         return Err(anyhow!(
@@ -122,10 +130,11 @@ fn compare_content(
     archive: &crate::archive::Archive,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    if content.algorithm != crate::manifest::CONTENT_ALGORITHM {
+    if content.algorithm != archive.algorithm.name() {
         out.push(format!(
-            "unknown content digest algorithm {:?}",
-            content.algorithm
+            "the manifest's content digests use {:?}, the archive was read with {:?}",
+            content.algorithm,
+            archive.algorithm.name()
         ));
         return out;
     }
@@ -168,4 +177,8 @@ fn compare_content(
         }
     }
     out
+}
+
+fn unknown_algorithm(name: &str) -> String {
+    format!("its manifest's content digests use {name:?}, which this version cannot recompute")
 }
