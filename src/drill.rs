@@ -277,9 +277,10 @@ async fn check(
         }
     }
     if let Some(content) = &manifest.content {
-        let before = failures.len();
-        check_content(&client, content, rec, &mut failures).await?;
-        rec.content_verified = failures.len() == before;
+        let (checked, differ) = compare_content(&client, content, |_| true).await?;
+        rec.digests_checked += checked;
+        rec.content_verified = differ.is_empty();
+        failures.extend(differ);
     }
     let (extensions, indexes) = database::schema_objects(&client).await?;
     for e in &manifest.extensions {
@@ -330,20 +331,23 @@ async fn check(
     }
     Ok(failures)
 }
-/// Recompute every table's content digest from the restored database and compare it
-/// with the manifest's; a difference is a failure naming the table and what differs.
-async fn check_content(
+/// Recompute the content digest of every table of `content` that `pick` keeps, from
+/// the restored database `client` is connected to, and compare it with the manifest's.
+/// Returns how many were compared and one line per difference, naming the table and
+/// what differs (also when a digest cannot be recomputed at all).
+pub async fn compare_content(
     client: &tokio_postgres::Client,
     content: &manifest::Content,
-    rec: &mut DrillRecord,
-    failures: &mut Vec<String>,
-) -> Result<()> {
+    pick: impl Fn(&manifest::TableDigest) -> bool,
+) -> Result<(usize, Vec<String>)> {
+    let mut failures = Vec::new();
+    let mut checked = 0;
     let Some(algorithm) = content.digest_algorithm() else {
         failures.push(format!(
             "the manifest's content digests use {:?}, which this version cannot recompute",
             content.algorithm
         ));
-        return Ok(());
+        return Ok((checked, failures));
     };
     for (name, value) in crate::dump::COPY_SETTINGS {
         client
@@ -368,13 +372,13 @@ async fn check_content(
                 "cannot compare content in the dump's encoding {enc:?}: {}",
                 db_error(&e)
             ));
-            return Ok(());
+            return Ok((checked, failures));
         }
     }
-    for t in &content.tables {
+    for t in content.tables.iter().filter(|t| pick(t)) {
         match table_digest(client, t, algorithm).await {
             Ok(found) => {
-                rec.digests_checked += 1;
+                checked += 1;
                 if let Some(diff) = t.differences(&found) {
                     failures.push(format!(
                         "table {}: content differs from the backup's digest ({diff})",
@@ -388,7 +392,7 @@ async fn check_content(
             )),
         }
     }
-    Ok(())
+    Ok((checked, failures))
 }
 
 /// `COPY schema.table (columns) TO STDOUT`, hashed row by row with `algorithm` as it

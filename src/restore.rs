@@ -73,6 +73,51 @@ pub struct TablePlan {
     pub left_out: Vec<String>,
     /// Entries of the archive selected.
     pub entries: usize,
+    /// The tables whose definition (and rows) the plan restores, named or added, as
+    /// (schema, name).
+    pub relations: BTreeSet<(String, String)>,
+}
+
+/// Tables as (schema, name).
+pub type TableSet = BTreeSet<(String, String)>;
+
+/// Those of `tables` that exist in the target and hold no row: rows restored into them
+/// are exactly the backup's, so their content can be compared with its digests.
+pub async fn empty_tables(
+    target: &ConnInfo,
+    timeout: Duration,
+    tables: &TableSet,
+) -> Result<TableSet> {
+    let client = database::connect(target, timeout).await?;
+    let mut out = TableSet::new();
+    for (schema, name) in tables {
+        let sql = format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {}.{})",
+            quote_ident(schema),
+            quote_ident(name)
+        );
+        if let Ok(row) = client.query_one(&sql, &[]).await {
+            if row.get::<_, bool>(0) {
+                out.insert((schema.clone(), name.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The restored rows against the backup's content digests: every table of `content`,
+/// or only those in `only`. Returns how many were compared and what differs.
+pub async fn compare_content(
+    target: &ConnInfo,
+    timeout: Duration,
+    content: &crate::manifest::Content,
+    only: Option<&TableSet>,
+) -> Result<(usize, Vec<String>)> {
+    let client = database::connect(target, timeout).await?;
+    crate::drill::compare_content(&client, content, |t| {
+        only.is_none_or(|o| o.contains(&(t.schema.clone(), t.name.clone())))
+    })
+    .await
 }
 
 /// The archive entries that restore the tables `specs` (`schema.name` or `name`) with
@@ -184,8 +229,15 @@ pub async fn plan_tables(
         .filter(|e| e.deps.iter().any(|d| ids.contains(d)))
         .map(|e| e.label())
         .collect();
+    let relations = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "TABLE" && chosen.contains(&e.id))
+        .map(|e| (e.namespace.clone(), e.tag.clone()))
+        .collect();
     Ok(TablePlan {
         use_list: toc.use_list(&chosen),
+        relations,
         left_out,
         tables: tables.iter().map(|t| t.label()).collect(),
         added,

@@ -345,6 +345,10 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
     one.args(["--target-database-url", &target.url, "--table", "notes"]);
     let r = run(one);
     r.expect_code(0);
+    let verified = r
+        .line("restored content verified")
+        .expect("the restored rows are compared with the backup's digests");
+    assert_eq!(verified["tables"], 1, "{verified}");
     let after = fingerprints(Pg::V15, &target.url);
     assert_eq!(
         after["public.notes"], source["public.notes"],
@@ -443,6 +447,7 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
     needs.args(["--target-database-url", &empty.url, "--table", "notes"]);
     let r = run(needs);
     r.expect_code(0);
+    assert_eq!(r.line("restored content verified").unwrap()["tables"], 4);
     let got = fingerprints(Pg::V15, &empty.url);
     assert_eq!(
         got.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -529,6 +534,38 @@ fn the_runbooks_table_restores_work() {
     );
 }
 
+/// What a restore committed is compared with the backup's content digests: a
+/// difference (here a manifest whose digest of notes was changed) is exit 1 naming the
+/// table, after saying the restore was committed.
+#[test]
+fn a_restore_whose_rows_differ_from_the_digests_says_so() {
+    let prefix = unique("restore_digest");
+    let _db = stored_backup(&prefix);
+    let mkey = one_key(&prefix, ".manifest.json");
+    let mut m = s3_json(&mkey);
+    let notes = m["content"]["tables"]
+        .as_array_mut()
+        .expect("content digests")
+        .iter_mut()
+        .find(|t| t["name"] == "notes")
+        .unwrap();
+    notes["digest"] = "0".repeat(64).into();
+    s3_put(&mkey, serde_json::to_vec_pretty(&m).unwrap());
+
+    let target = TestDb::empty(Pg::V15, &unique("restore_digest_target"));
+    let mut cmd = s3_cmd("restore", &prefix);
+    cmd.args(["latest", "--target-database-url", &target.url]);
+    let r = run(cmd);
+    r.expect_code(1);
+    assert!(r.stderr.contains("committed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("table public.notes: content differs"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("table public.users:"), "{}", r.stderr);
+}
+
 #[test]
 fn schema_only_restores_definitions_and_data_only_one_tables_rows() {
     let prefix = unique("sections");
@@ -562,7 +599,9 @@ fn schema_only_restores_definitions_and_data_only_one_tables_rows() {
         "--jobs",
         "2",
     ]);
-    run(data).expect_code(0);
+    let r = run(data);
+    r.expect_code(0);
+    assert_eq!(r.line("restored content verified").unwrap()["tables"], 1);
     let after = fingerprints(Pg::V15, &target.url);
     assert_eq!(after["public.users"], source["public.users"]);
     assert!(
