@@ -279,6 +279,13 @@ fn restore_refuses_a_non_empty_target_without_clean_and_replaces_with_it() {
     assert_eq!(table_counts(Pg::V15, &url), source);
 }
 
+/// `restore latest` of the backups under `prefix` into `url`, with `extra` arguments.
+fn restore_into(prefix: &str, url: &str, extra: &[&str]) -> RunResult {
+    let mut cmd = s3_cmd("restore", prefix);
+    cmd.args(["--target-database-url", url]).args(extra);
+    run(cmd)
+}
+
 /// Every user table's rows as `count:fingerprint`, the fingerprint independent of the
 /// rows' order (md5 over the sorted md5s of their text).
 fn fingerprints(pg: Pg, url: &str) -> BTreeMap<String, String> {
@@ -329,9 +336,7 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
 
     // A copy of the database that lost its notes table and went on living.
     let target = TestDb::empty(Pg::V15, &unique("table_target"));
-    let mut whole = s3_cmd("restore", &prefix);
-    whole.args(["--target-database-url", &target.url]);
-    run(whole).expect_code(0);
+    restore_into(&prefix, &target.url, &[]).expect_code(0);
     psql(
         Pg::V15,
         &target.url,
@@ -341,9 +346,7 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
     let before = fingerprints(Pg::V15, &target.url);
     assert!(!before.contains_key("public.notes"));
 
-    let mut one = s3_cmd("restore", &prefix);
-    one.args(["--target-database-url", &target.url, "--table", "notes"]);
-    let r = run(one);
+    let r = restore_into(&prefix, &target.url, &["--table", "notes"]);
     r.expect_code(0);
     let verified = r
         .line("restored content verified")
@@ -373,14 +376,7 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
     );
 
     // Now the target has notes: not replaced without --clean ...
-    let mut again = s3_cmd("restore", &prefix);
-    again.args([
-        "--target-database-url",
-        &target.url,
-        "--table",
-        "public.notes",
-    ]);
-    let r = run(again);
+    let r = restore_into(&prefix, &target.url, &["--table", "public.notes"]);
     r.expect_code(2);
     assert!(
         r.stderr.contains("public.notes") && r.stderr.contains("--clean"),
@@ -393,15 +389,7 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
         &target.url,
         "ALTER TABLE note_versions ADD CONSTRAINT back_to_notes FOREIGN KEY (note_id) REFERENCES notes (id)",
     );
-    let mut clean = s3_cmd("restore", &prefix);
-    clean.args([
-        "--target-database-url",
-        &target.url,
-        "--table",
-        "notes",
-        "--clean",
-    ]);
-    let r = run(clean);
+    let r = restore_into(&prefix, &target.url, &["--table", "notes", "--clean"]);
     r.expect_code(2);
     assert!(
         r.stderr.contains("note_versions (back_to_notes)"),
@@ -411,28 +399,13 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
     // Without that reference, --clean replaces notes alone.
     psql(Pg::V15, &target.url, "ALTER TABLE note_versions DROP CONSTRAINT back_to_notes; DELETE FROM notes WHERE ctid IN (SELECT ctid FROM notes LIMIT 3)");
     let before = without(fingerprints(Pg::V15, &target.url), "public.notes");
-    let mut clean = s3_cmd("restore", &prefix);
-    clean.args([
-        "--target-database-url",
-        &target.url,
-        "--table",
-        "notes",
-        "--clean",
-    ]);
-    run(clean).expect_code(0);
+    restore_into(&prefix, &target.url, &["--table", "notes", "--clean"]).expect_code(0);
     let after = fingerprints(Pg::V15, &target.url);
     assert_eq!(after["public.notes"], source["public.notes"]);
     assert_eq!(without(after, "public.notes"), before);
 
-    // A table the backup does not have, and a table whose references the target lacks.
-    let mut unknown = s3_cmd("restore", &prefix);
-    unknown.args([
-        "--target-database-url",
-        &target.url,
-        "--table",
-        "no_such_table",
-    ]);
-    let r = run(unknown);
+    // A table the backup does not have.
+    let r = restore_into(&prefix, &target.url, &["--table", "no_such_table"]);
     r.expect_code(2);
     assert!(
         r.stderr.contains("--table") && r.stderr.contains("no_such_table"),
@@ -443,9 +416,7 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
     // Into an empty database, notes comes with what it needs: the tables its foreign
     // keys point at (and theirs), each exactly as backed up; nothing else.
     let empty = TestDb::empty(Pg::V15, &unique("table_empty"));
-    let mut needs = s3_cmd("restore", &prefix);
-    needs.args(["--target-database-url", &empty.url, "--table", "notes"]);
-    let r = run(needs);
+    let r = restore_into(&prefix, &empty.url, &["--table", "notes"]);
     r.expect_code(0);
     assert_eq!(r.line("restored content verified").unwrap()["tables"], 4);
     let got = fingerprints(Pg::V15, &empty.url);
@@ -513,17 +484,12 @@ fn the_runbooks_table_restores_work() {
          UPDATE tags SET color = '#000000'",
     );
     let before = fingerprints(Pg::V15, &db.url);
-    let mut both = s3_cmd("restore", &prefix);
-    both.args([
-        "--target-database-url",
+    restore_into(
+        &prefix,
         &db.url,
-        "--table",
-        "tags",
-        "--table",
-        "note_tags",
-        "--clean",
-    ]);
-    run(both).expect_code(0);
+        &["--table", "tags", "--table", "note_tags", "--clean"],
+    )
+    .expect_code(0);
     let after = fingerprints(Pg::V15, &db.url);
     for t in ["public.tags", "public.note_tags"] {
         assert_eq!(after[t], source[t], "{t}");
@@ -553,9 +519,7 @@ fn a_restore_whose_rows_differ_from_the_digests_says_so() {
     s3_put(&mkey, serde_json::to_vec_pretty(&m).unwrap());
 
     let target = TestDb::empty(Pg::V15, &unique("restore_digest_target"));
-    let mut cmd = s3_cmd("restore", &prefix);
-    cmd.args(["latest", "--target-database-url", &target.url]);
-    let r = run(cmd);
+    let r = restore_into(&prefix, &target.url, &[]);
     r.expect_code(1);
     assert!(r.stderr.contains("committed"), "{}", r.stderr);
     assert!(
@@ -573,9 +537,7 @@ fn schema_only_restores_definitions_and_data_only_one_tables_rows() {
     let source = fingerprints(Pg::V15, &db.url);
     let target = TestDb::empty(Pg::V15, &unique("sections_target"));
 
-    let mut schema = s3_cmd("restore", &prefix);
-    schema.args(["--target-database-url", &target.url, "--schema-only"]);
-    run(schema).expect_code(0);
+    restore_into(&prefix, &target.url, &["--schema-only"]).expect_code(0);
     let counts = table_counts(Pg::V15, &target.url);
     assert_eq!(
         counts.keys().collect::<Vec<_>>(),
@@ -589,17 +551,11 @@ fn schema_only_restores_definitions_and_data_only_one_tables_rows() {
     );
 
     // Rows of one table into the tables that exist, through the spooled path.
-    let mut data = s3_cmd("restore", &prefix);
-    data.args([
-        "--target-database-url",
+    let r = restore_into(
+        &prefix,
         &target.url,
-        "--data-only",
-        "--table",
-        "users",
-        "--jobs",
-        "2",
-    ]);
-    let r = run(data);
+        &["--data-only", "--table", "users", "--jobs", "2"],
+    );
     r.expect_code(0);
     assert_eq!(r.line("restored content verified").unwrap()["tables"], 1);
     let after = fingerprints(Pg::V15, &target.url);
@@ -609,14 +565,7 @@ fn schema_only_restores_definitions_and_data_only_one_tables_rows() {
         "only users has rows"
     );
 
-    let mut both = s3_cmd("restore", &prefix);
-    both.args([
-        "--target-database-url",
-        &target.url,
-        "--data-only",
-        "--clean",
-    ]);
-    let r = run(both);
+    let r = restore_into(&prefix, &target.url, &["--data-only", "--clean"]);
     r.expect_code(2);
     assert!(
         r.stderr.contains("--data-only") && r.stderr.contains("--clean"),
@@ -827,9 +776,7 @@ fn restore_of_a_corrupt_object_commits_nothing() {
     data[at] ^= 0x40;
     s3_put(&key, data);
     let target = TestDb::empty(Pg::V15, &unique("corrupt_target"));
-    let mut cmd = s3_cmd("restore", &prefix);
-    cmd.args(["latest", "--target-database-url", &target.url]);
-    let r = run(cmd);
+    let r = restore_into(&prefix, &target.url, &[]);
     r.expect_code(1);
     assert!(r.stderr.contains("sha256 mismatch"), "{}", r.stderr);
     assert_eq!(table_counts(Pg::V15, &target.url).len(), 0, "rolled back");
