@@ -59,6 +59,9 @@ pub enum Section {
     DataOnly,
 }
 
+/// Tables as (schema, name).
+pub type TableSet = BTreeSet<(String, String)>;
+
 /// What a restore of some tables puts back.
 #[derive(Debug)]
 pub struct TablePlan {
@@ -73,21 +76,13 @@ pub struct TablePlan {
     pub left_out: Vec<String>,
     /// Entries of the archive selected.
     pub entries: usize,
-    /// The tables whose definition (and rows) the plan restores, named or added, as
-    /// (schema, name).
-    pub relations: BTreeSet<(String, String)>,
+    /// The tables whose definition (and rows) the plan restores, named or added.
+    pub relations: TableSet,
 }
-
-/// Tables as (schema, name).
-pub type TableSet = BTreeSet<(String, String)>;
 
 /// Those of `tables` that exist in the target and hold no row: rows restored into them
 /// are exactly the backup's, so their content can be compared with its digests.
-pub async fn empty_tables(
-    target: &ConnInfo,
-    timeout: Duration,
-    tables: &TableSet,
-) -> Result<TableSet> {
+async fn empty_tables(target: &ConnInfo, timeout: Duration, tables: &TableSet) -> Result<TableSet> {
     let client = database::connect(target, timeout).await?;
     let mut out = TableSet::new();
     for (schema, name) in tables {
@@ -105,19 +100,63 @@ pub async fn empty_tables(
     Ok(out)
 }
 
-/// The restored rows against the backup's content digests: every table of `content`,
-/// or only those in `only`. Returns how many were compared and what differs.
+/// The tables whose rows a restore with `opts` (and the table `plan`) puts back whole,
+/// so that what it committed can be compared with the backup's content digests: every
+/// table (`None`) for a whole restore, the plan's tables, none for `--schema-only`, and
+/// with `--data-only` those that hold no row before it.
+pub async fn whole_tables(
+    opts: &Options<'_>,
+    plan: Option<&TablePlan>,
+    manifest: &Manifest,
+    timeout: Duration,
+) -> Result<Option<TableSet>> {
+    Ok(match (opts.section, plan) {
+        (Section::SchemaOnly, _) => Some(TableSet::new()),
+        (Section::All, Some(p)) => Some(p.relations.clone()),
+        (Section::All, None) => None,
+        (Section::DataOnly, p) => {
+            let candidates = match p {
+                Some(p) => p.relations.clone(),
+                None => manifest
+                    .tables
+                    .iter()
+                    .map(|t| (t.schema.clone(), t.name.clone()))
+                    .collect(),
+            };
+            Some(empty_tables(opts.target, timeout, &candidates).await?)
+        }
+    })
+}
+
+/// After a committed restore: the rows of the tables in `only` (every table: `None`)
+/// against the backup's content digests. Returns how many tables matched, `None` for a
+/// backup without digests; a difference is an error naming the table and what differs.
 pub async fn compare_content(
     target: &ConnInfo,
     timeout: Duration,
-    content: &crate::manifest::Content,
+    manifest: &Manifest,
     only: Option<&TableSet>,
-) -> Result<(usize, Vec<String>)> {
+) -> Result<Option<usize>> {
+    let Some(content) = &manifest.content else {
+        return Ok(None);
+    };
+    if only.is_some_and(|o| o.is_empty()) {
+        return Ok(Some(0));
+    }
     let client = database::connect(target, timeout).await?;
-    crate::drill::compare_content(&client, content, |t| {
+    let (checked, differ) = crate::drill::compare_content(&client, content, |t| {
         only.is_none_or(|o| o.contains(&(t.schema.clone(), t.name.clone())))
     })
-    .await
+    .await?;
+    if !differ.is_empty() {
+        return Err(anyhow!(
+            "the restore was committed, but what {} now holds differs from the backup's content \
+             digests: {}",
+            target.redacted(),
+            differ.join("; ")
+        ));
+    }
+    Ok(Some(checked))
 }
 
 /// The archive entries that restore the tables `specs` (`schema.name` or `name`) with

@@ -153,24 +153,7 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         pg_restore = %tool.path.display(),
         "restoring"
     );
-    // The tables whose rows this restore puts back whole: compared with the backup's
-    // content digests once it is committed (None: every table of the backup).
-    let compare: Option<restore::TableSet> = match (section, &plan) {
-        (Section::SchemaOnly, _) => Some(Default::default()),
-        (Section::All, Some(p)) => Some(p.relations.clone()),
-        (Section::All, None) => None,
-        (Section::DataOnly, p) => {
-            let candidates = match p {
-                Some(p) => p.relations.clone(),
-                None => manifest
-                    .tables
-                    .iter()
-                    .map(|t| (t.schema.clone(), t.name.clone()))
-                    .collect(),
-            };
-            Some(restore::empty_tables(&target, timeout, &candidates).await?)
-        }
-    };
+    let whole = restore::whole_tables(&opts, plan.as_ref(), manifest, timeout).await?;
     let decode = readback::Decode::for_manifest(manifest, &keys, args.require_encryption)?;
     let job = restore::backup(storage.as_ref(), manifest, decode, &tool, &opts);
     tokio::select! {
@@ -178,25 +161,13 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         sig = cancel.cancelled() => return Err(anyhow!("stopped by {sig}; the single-transaction restore was rolled back (with --jobs, what was restored stays)")),
         r = job => r?,
     }
-    match &manifest.content {
-        Some(content) if compare.as_ref().is_none_or(|c| !c.is_empty()) => {
-            let (checked, differ) =
-                restore::compare_content(&target, timeout, content, compare.as_ref()).await?;
-            if !differ.is_empty() {
-                bail!(
-                    "the restore was committed, but what {} now holds differs from the backup's \
-                     content digests: {}",
-                    target.redacted(),
-                    differ.join("; ")
-                );
-            }
-            tracing::info!(
-                tables = checked,
-                "restored content verified: every restored table's rows match the backup's \
-                 content digests"
-            );
-        }
-        Some(_) => {}
+    match restore::compare_content(&target, timeout, manifest, whole.as_ref()).await? {
+        Some(0) => {}
+        Some(checked) => tracing::info!(
+            tables = checked,
+            "restored content verified: every restored table's rows match the backup's content \
+             digests"
+        ),
         None => tracing::info!(
             "this backup was made before content digests: the restored rows were not compared"
         ),
