@@ -45,8 +45,10 @@ pub struct Options<'a> {
     pub jobs: i64,
     /// Which sections of the archive.
     pub section: Section,
-    /// `pg_restore --use-list` file: only these entries (a table restore's plan).
-    pub use_list: Option<&'a Path>,
+    /// `pg_restore --use-list` file: only these entries (a table restore's plan), with
+    /// the table of contents it was planned from (read from the object's head before it
+    /// was verified, so checked against the verified archive before pg_restore runs).
+    pub use_list: Option<(&'a Path, &'a archive::Toc)>,
 }
 
 /// Which sections of the archive a restore puts back.
@@ -67,6 +69,8 @@ pub type TableSet = BTreeSet<(String, String)>;
 pub struct TablePlan {
     /// `pg_restore --use-list` text.
     pub use_list: String,
+    /// The table of contents it was planned from.
+    pub toc: archive::Toc,
     /// The tables named, as `schema.name`.
     pub tables: Vec<String>,
     /// What they need that the target lacked, restored with them.
@@ -274,11 +278,13 @@ pub async fn plan_tables(
         .filter(|e| e.desc == "TABLE" && chosen.contains(&e.id))
         .map(|e| (e.namespace.clone(), e.tag.clone()))
         .collect();
+    let tables = tables.iter().map(|t| t.label()).collect();
     Ok(TablePlan {
         use_list: toc.use_list(&chosen),
+        toc,
         relations,
         left_out,
-        tables: tables.iter().map(|t| t.label()).collect(),
+        tables,
         added,
         entries: chosen.len(),
     })
@@ -425,7 +431,7 @@ fn pg_restore_cmd(tool: &PgTool, opts: &Options<'_>) -> Command {
             cmd.arg("--data-only");
         }
     }
-    if let Some(list) = opts.use_list {
+    if let Some((list, _)) = opts.use_list {
         cmd.arg(format!("--use-list={}", list.display()));
     }
     cmd
@@ -488,6 +494,16 @@ async fn spooled_restore(
     readback::check_integrity(manifest, &report)?;
     if let Some(e) = report.consumer_error {
         return Err(e.context("cannot spool the archive"));
+    }
+    if let Some((_, planned)) = opts.use_list {
+        let file = std::fs::File::open(spool.path()).context("cannot read the spool file")?;
+        let toc = archive::read_toc(std::io::BufReader::new(file))?;
+        if &toc != planned {
+            return Err(anyhow!(
+                "the archive's table of contents differs from the one the restore was planned \
+                 from (the object changed while it was read); nothing was restored"
+            ));
+        }
     }
     let mut cmd = pg_restore_cmd(tool, opts);
     if opts.jobs > 1 {

@@ -126,7 +126,10 @@ pub async fn execute(args: &RestoreArgs) -> Result<()> {
         Some(p) => Some(write_use_list(&p.use_list)?),
         None => None,
     };
-    opts.use_list = list.as_ref().map(|f| f.path());
+    opts.use_list = list
+        .as_ref()
+        .zip(plan.as_ref())
+        .map(|(f, p)| (f.path(), &p.toc));
     let clock = Instant::now();
     let Some(manifest) = manifest else {
         let password = old_script_key.expect("set for old-script archives");
