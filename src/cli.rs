@@ -454,7 +454,8 @@ pub struct RestoreArgs {
     /// it needs that the target lacks (schemas, extensions, types, functions, sequences,
     /// the tables its foreign keys point at). No other table of the target is touched:
     /// one the target already has is replaced only with --clean, and not while another
-    /// table references it.
+    /// table references it. The archive is first spooled (decompressed) to TMPDIR and
+    /// verified.
     #[arg(
         help_heading = "Restore",
         long = "table",
@@ -464,7 +465,8 @@ pub struct RestoreArgs {
     )]
     pub tables: Vec<String>,
 
-    /// Restore definitions only (tables, indexes, constraints, ...), no rows.
+    /// Restore definitions only (tables, indexes, constraints, ...), no rows. The
+    /// archive is first spooled (decompressed) to TMPDIR and verified.
     #[arg(
         help_heading = "Restore",
         long,
