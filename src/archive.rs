@@ -511,21 +511,54 @@ impl Toc {
     /// The tables `ids` with everything that belongs to them: data, indexes,
     /// constraints (their own foreign keys included, never another table's that points
     /// at them), triggers, defaults, policies, rules, identity sequences, comments and
-    /// grants. Nothing that belongs to another relation.
+    /// grants, and their partitions (each `TABLE ATTACH`'s table, with its own parts, to
+    /// any depth; a partition named alone is attached again, and its copies of the
+    /// parent's indexes and keys are left to the attachment). Nothing that belongs to
+    /// another relation.
     pub fn with_parts(&self, ids: &[i64]) -> std::collections::BTreeSet<i64> {
         let by_id = self.by_id();
         let mut chosen: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
-        let tables: Vec<&TocEntry> = ids.iter().filter_map(|id| by_id.get(id).copied()).collect();
-        let other_relation = |id: &i64, chosen: &std::collections::BTreeSet<i64>| {
-            !chosen.contains(id)
-                && by_id
-                    .get(id)
-                    .is_some_and(|e| RELATIONS.contains(&e.desc.as_str()))
+        let is_relation = |id: &i64| {
+            by_id
+                .get(id)
+                .is_some_and(|e| RELATIONS.contains(&e.desc.as_str()))
         };
         loop {
             let before = chosen.len();
+            let tables: Vec<&TocEntry> = chosen
+                .iter()
+                .filter(|id| is_relation(id))
+                .filter_map(|id| by_id.get(id).copied())
+                .collect();
             for e in &self.entries {
                 if chosen.contains(&e.id) {
+                    continue;
+                }
+                if e.desc == "TABLE ATTACH" {
+                    // A partition (the table the attachment is named after) comes with a
+                    // chosen parent; a chosen partition is attached again, its parent
+                    // being what it needs.
+                    let leaf = e.deps.iter().copied().find(|d| {
+                        by_id.get(d).is_some_and(|t| {
+                            t.desc == "TABLE" && t.tag == e.tag && t.namespace == e.namespace
+                        })
+                    });
+                    if e.deps.iter().any(|d| chosen.contains(d)) {
+                        chosen.insert(e.id);
+                        chosen.extend(leaf);
+                    }
+                    continue;
+                }
+                // A partition's copy of its parent's index or key (it depends on the
+                // parent's): made by the attachment itself when the parent is not
+                // restored with it, so not restored on its own then.
+                let copy_of = |d: &i64| {
+                    !chosen.contains(d)
+                        && by_id
+                            .get(d)
+                            .is_some_and(|x| x.desc == "INDEX" || x.desc == "CONSTRAINT")
+                };
+                if matches!(e.desc.as_str(), "INDEX" | "CONSTRAINT") && e.deps.iter().any(copy_of) {
                     continue;
                 }
                 let belongs = if OF_ITS_TABLE.contains(&e.desc.as_str()) {
@@ -540,7 +573,7 @@ impl Toc {
                 } else {
                     ATTACHED.contains(&e.desc.as_str())
                         && e.deps.iter().any(|d| chosen.contains(d))
-                        && !e.deps.iter().any(|d| other_relation(d, &chosen))
+                        && !e.deps.iter().any(|d| !chosen.contains(d) && is_relation(d))
                 };
                 if belongs {
                     chosen.insert(e.id);
@@ -1387,6 +1420,70 @@ mod toc_tests {
         );
         assert_eq!(toc.find_table("notes").unwrap().id, 10);
         assert_eq!(toc.find_table("app.versions").unwrap().id, 12);
+    }
+
+    /// As pg_dump 15 lays out a partitioned table (events, two partitions, a primary
+    /// key and an index on the parent) beside another table.
+    #[test]
+    fn a_partitioned_table_takes_its_partitions() {
+        let toc = Toc {
+            version: "1.14.0".into(),
+            encoding: None,
+            entries: vec![
+                entry(214, "TABLE", "public", "events", &[]),
+                entry(215, "TABLE", "public", "events_2026", &[214]),
+                entry(216, "TABLE", "public", "events_2027", &[214]),
+                entry(217, "TABLE", "public", "other", &[]),
+                entry(3208, "TABLE ATTACH", "public", "events_2026", &[215, 214]),
+                entry(3209, "TABLE ATTACH", "public", "events_2027", &[216, 214]),
+                entry(3365, "TABLE DATA", "public", "events_2026", &[215]),
+                entry(3366, "TABLE DATA", "public", "events_2027", &[216]),
+                entry(3367, "TABLE DATA", "public", "other", &[217]),
+                entry(
+                    3212,
+                    "CONSTRAINT",
+                    "public",
+                    "events events_pkey",
+                    &[214, 214],
+                ),
+                entry(
+                    3215,
+                    "CONSTRAINT",
+                    "public",
+                    "events_2026 events_2026_pkey",
+                    &[3212, 215],
+                ),
+                entry(3210, "INDEX", "public", "events_at_idx", &[214]),
+                entry(3213, "INDEX", "public", "events_2026_at_idx", &[215, 3210]),
+                entry(
+                    3219,
+                    "INDEX ATTACH",
+                    "public",
+                    "events_2026_at_idx",
+                    &[3213, 3210, 215, 214],
+                ),
+                entry(
+                    3220,
+                    "INDEX ATTACH",
+                    "public",
+                    "events_2026_pkey",
+                    &[3215, 3212, 215, 214],
+                ),
+            ],
+        };
+        let parts = toc.with_parts(&[214]);
+        assert_eq!(
+            parts.into_iter().collect::<Vec<_>>(),
+            vec![214, 215, 216, 3208, 3209, 3210, 3212, 3213, 3215, 3219, 3220, 3365, 3366],
+            "the partitions with their data, keys and indexes; not the other table"
+        );
+        let leaf = toc.with_parts(&[215]);
+        assert_eq!(
+            leaf.into_iter().collect::<Vec<_>>(),
+            vec![215, 3208, 3365],
+            "a partition alone: attached again (which makes its copies of the parent's \
+             index and key), its parent what it needs, not what it owns"
+        );
     }
 
     #[test]

@@ -436,6 +436,66 @@ fn restore_of_one_table_brings_back_its_rows_and_touches_no_other_table() {
     }
 }
 
+/// A partitioned table comes with its partitions (where its rows are), and a lost
+/// partition is restored and attached again.
+fn partitioned(pg: Pg) {
+    let restore_into = |prefix: &str, url: &str, extra: &[&str]| {
+        let mut cmd = s3_cmd("restore", prefix);
+        cmd.env("PATH", pg.path_env())
+            .args(["--target-database-url", url])
+            .args(extra);
+        run(cmd)
+    };
+    let prefix = unique("partitioned");
+    let name = unique("partitioned");
+    let db = TestDb::empty(pg, &name);
+    psql(
+        pg,
+        &db.url,
+        "CREATE TABLE events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at); \
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01'); \
+         CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01'); \
+         CREATE INDEX ON events (at); \
+         INSERT INTO events SELECT g, '2026-01-01'::date + g FROM generate_series(1, 600) g; \
+         CREATE TABLE other (x int); INSERT INTO other VALUES (1)",
+    );
+    let mut backup = s3_run(&db.url, &prefix, &name);
+    backup.env("PATH", pg.path_env());
+    run(backup).expect_code(0);
+    let source = fingerprints(pg, &db.url);
+
+    let target = TestDb::empty(pg, &unique("partitioned_target"));
+    let r = restore_into(&prefix, &target.url, &["--table", "events"]);
+    r.expect_code(0);
+    assert_eq!(r.line("restored content verified").unwrap()["tables"], 2);
+    let got = fingerprints(pg, &target.url);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["public.events"],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(got["public.events"], source["public.events"]);
+
+    // One partition dropped from a copy: restored and attached again.
+    let copy = TestDb::empty(pg, &unique("partitioned_copy"));
+    restore_into(&prefix, &copy.url, &[]).expect_code(0);
+    psql(pg, &copy.url, "DROP TABLE events_2026");
+    let r = restore_into(&prefix, &copy.url, &["--table", "events_2026"]);
+    r.expect_code(0);
+    assert_eq!(fingerprints(pg, &copy.url), source, "{}", r.stderr);
+}
+
+#[test]
+fn restore_of_a_partitioned_table_brings_its_partitions_pg15() {
+    partitioned(Pg::V15);
+}
+
+#[test]
+fn restore_of_a_partitioned_table_brings_its_partitions_pg18() {
+    partitioned(Pg::V18);
+}
+
 /// The README's runbook: tables into a scratch database (what they reference comes
 /// along), and two tables that reference each other replaced together in the live one.
 #[test]
