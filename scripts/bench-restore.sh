@@ -77,21 +77,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The runner, with an environment holding only its settings (the password stays in its
-# environment, never on a command line).
+# The runner, with an environment holding only its settings.
 RUNNER=$WORK/runner.sh
-# shellcheck disable=SC2016 # what is quoted expands in the generated script
-{
-    echo '#!/usr/bin/env bash'
-    echo 'for v in $(compgen -e); do case $v in LEAFLOCK_* | PG* | AWS_* | BACKUP_* | DATABASE_URL) unset "$v" ;; esac; done'
-    printf 'export %q\n' "PATH=$PG_BIN:$PATH" \
-        "LEAFLOCK_BACKUP_DATABASE_URL=${ADMIN_URL%/*}/$DB" \
-        "LEAFLOCK_BACKUP_TARGET_DATABASE_URL=${ADMIN_URL%/*}/$TARGET" \
-        "LEAFLOCK_BACKUP_LOCAL_DIR=$WORK/backups" "TMPDIR=$WORK" \
-        LEAFLOCK_BACKUP_LOG_FORMAT=json
-    printf 'exec %q "$@"\n' "$BIN"
-} >"$RUNNER"
-chmod 700 "$RUNNER"
+runner_script "$RUNNER" "exec $(printf %q "$BIN") \"\$@\"" "PATH=$PG_BIN:$PATH" \
+    "LEAFLOCK_BACKUP_DATABASE_URL=${ADMIN_URL%/*}/$DB" \
+    "LEAFLOCK_BACKUP_TARGET_DATABASE_URL=${ADMIN_URL%/*}/$TARGET" \
+    "LEAFLOCK_BACKUP_LOCAL_DIR=$WORK/backups" "TMPDIR=$WORK" \
+    LEAFLOCK_BACKUP_LOG_FORMAT=json
 
 log "backing up $DB"
 "$RUNNER" run --no-progress >"$WORK/run.out" 2>&1 || { tail -n 20 "$WORK/run.out" >&2; die "the backup failed"; }

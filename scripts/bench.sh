@@ -98,21 +98,15 @@ trap cleanup EXIT
 # The runner, with an environment holding only its settings (the password in the
 # URL stays in its environment, never on a command line).
 RUNNER=$WORK/runner.sh
-# shellcheck disable=SC2016 # what is quoted expands in the generated script
-{
-    echo '#!/usr/bin/env bash'
-    echo 'for v in $(compgen -e); do case $v in LEAFLOCK_* | PG* | AWS_* | BACKUP_* | DATABASE_URL) unset "$v" ;; esac; done'
-    printf 'export %q\n' "PATH=$PG_BIN:$PATH" \
-        "LEAFLOCK_BACKUP_DATABASE_URL=${ADMIN_URL%/*}/$DB" \
-        "LEAFLOCK_BACKUP_S3_BUCKET=$S3_URL" \
-        "LEAFLOCK_BACKUP_S3_ENDPOINT=$LEAFLOCK_TEST_S3_ENDPOINT" \
-        "LEAFLOCK_BACKUP_S3_ACCESS_KEY=$AWS_ACCESS_KEY_ID" \
-        "LEAFLOCK_BACKUP_S3_SECRET_KEY=$AWS_SECRET_ACCESS_KEY" \
-        "LEAFLOCK_BACKUP_S3_REGION=$AWS_DEFAULT_REGION" \
-        LEAFLOCK_BACKUP_LOG_FORMAT=json LEAFLOCK_BACKUP_LOG_LEVEL=leaflock_backup=debug,info
-    printf 'exec %q run --no-progress --compression "$1"\n' "$BIN"
-} >"$RUNNER"
-chmod 700 "$RUNNER"
+runner_script "$RUNNER" "exec $(printf %q "$BIN") run --no-progress --compression \"\$1\"" \
+    "PATH=$PG_BIN:$PATH" \
+    "LEAFLOCK_BACKUP_DATABASE_URL=${ADMIN_URL%/*}/$DB" \
+    "LEAFLOCK_BACKUP_S3_BUCKET=$S3_URL" \
+    "LEAFLOCK_BACKUP_S3_ENDPOINT=$LEAFLOCK_TEST_S3_ENDPOINT" \
+    "LEAFLOCK_BACKUP_S3_ACCESS_KEY=$AWS_ACCESS_KEY_ID" \
+    "LEAFLOCK_BACKUP_S3_SECRET_KEY=$AWS_SECRET_ACCESS_KEY" \
+    "LEAFLOCK_BACKUP_S3_REGION=$AWS_DEFAULT_REGION" \
+    LEAFLOCK_BACKUP_LOG_FORMAT=json LEAFLOCK_BACKUP_LOG_LEVEL=leaflock_backup=debug,info
 
 # field NAME FILE: the last number logged as "NAME" in FILE (JSON lines), or 0.
 field() {

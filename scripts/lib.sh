@@ -121,3 +121,21 @@ stop_pidfile() {
     fi
     rm -f "$pidfile"
 }
+
+# runner_script FILE COMMAND VAR=VALUE...: write FILE, a private script that clears
+# every setting the runner reads from its environment (LEAFLOCK_*, PG*, AWS_*,
+# BACKUP_*, DATABASE_URL), exports the VAR=VALUE pairs and runs COMMAND (a line of
+# shell, e.g. `exec /path/leaflock-backup "$@"`). Secrets in the pairs stay in the
+# script's environment, never on a command line.
+runner_script() {
+    local file=$1 command=$2
+    shift 2
+    # shellcheck disable=SC2016 # what is quoted expands in the generated script
+    {
+        echo '#!/usr/bin/env bash'
+        echo 'for v in $(compgen -e); do case $v in LEAFLOCK_* | PG* | AWS_* | BACKUP_* | DATABASE_URL) unset "$v" ;; esac; done'
+        printf 'export %q\n' "$@"
+        printf '%s\n' "$command"
+    } >"$file"
+    chmod 700 "$file"
+}
