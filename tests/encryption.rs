@@ -97,6 +97,22 @@ fn recipients_encrypt_and_only_the_identity_reads_it_back() {
         table_counts(Pg::V15, &target.url),
         table_counts(Pg::V15, &url)
     );
+
+    // One table of it: the table of contents is read through the decryption too.
+    let one = TestDb::empty(Pg::V15, &unique("age_table"));
+    let mut restore = s3_cmd("restore", &prefix);
+    restore
+        .args(["--target-database-url", &one.url, "--table", "roles"])
+        .env("LEAFLOCK_BACKUP_AGE_IDENTITY_FILE", &id_path);
+    let r = run(restore);
+    r.expect_code(0);
+    assert_eq!(r.line("restored content verified").unwrap()["tables"], 1);
+    let counts = table_counts(Pg::V15, &one.url);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["public.roles"]);
+    assert_eq!(
+        counts["public.roles"],
+        table_counts(Pg::V15, &url)["public.roles"]
+    );
 }
 
 #[test]

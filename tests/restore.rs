@@ -459,9 +459,18 @@ fn partitioned(pg: Pg) {
          INSERT INTO events SELECT g, '2026-01-01'::date + g FROM generate_series(1, 600) g; \
          CREATE TABLE other (x int); INSERT INTO other VALUES (1)",
     );
+    // zstd on one server, gzip on the other: the head of either is read for the plan.
+    let (compression, suffix) = if pg == Pg::V18 {
+        ("zstd", ".dump.zst")
+    } else {
+        ("gzip", ".dump.gz")
+    };
     let mut backup = s3_run(&db.url, &prefix, &name);
-    backup.env("PATH", pg.path_env());
+    backup
+        .env("PATH", pg.path_env())
+        .args(["--compression", compression]);
     run(backup).expect_code(0);
+    one_key(&prefix, suffix);
     let source = fingerprints(pg, &db.url);
 
     let target = TestDb::empty(pg, &unique("partitioned_target"));
