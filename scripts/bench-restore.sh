@@ -57,13 +57,7 @@ DB=leaflock_bench_${SIZE_MB}mb
 ADMIN_URL=$LEAFLOCK_TEST_PG15_URL
 psql_admin() { "$PG_BIN/psql" "$ADMIN_URL" -XAtqc "$1"; }
 
-have_bytes=$(psql_admin "SELECT coalesce(max(pg_database_size(datname)), 0) FROM pg_database WHERE datname = '$DB'")
-if ((have_bytes < SIZE_MB * 1048576 * 9 / 10)); then
-    "$SCRIPT_DIR/generate-db.sh" --url "$ADMIN_URL" --database "$DB" --size-mb "$SIZE_MB" \
-        --psql "$PG_BIN/psql" >/dev/null
-else
-    log "reusing database $DB ($((have_bytes / 1048576)) MiB)"
-fi
+bench_database "$PG_BIN" "$ADMIN_URL" "$DB" "$SIZE_MB" >/dev/null
 
 log "building the release binary"
 (cd "$ROOT" && cargo build --release --locked -q)

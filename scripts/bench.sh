@@ -69,14 +69,7 @@ ADMIN_URL=$LEAFLOCK_TEST_PG15_URL
 export PGPASSWORD=$LEAFLOCK_TEST_PG_PASSWORD
 DB_URL=$(sed -E 's#//([^:@/]+):[^@/]*@#//\1@#' <<<"${ADMIN_URL%/*}/$DB")
 
-have_bytes=$("$PG_BIN/psql" "$ADMIN_URL" -XAtqc "SELECT coalesce(max(pg_database_size(datname)), 0) FROM pg_database WHERE datname = '$DB'")
-want_bytes=$((SIZE_MB * 1048576))
-if ((REGENERATE)) || ((have_bytes < want_bytes * 9 / 10)); then
-    "$SCRIPT_DIR/generate-db.sh" --url "$ADMIN_URL" --database "$DB" --size-mb "$SIZE_MB" \
-        --psql "$PG_BIN/psql" >/dev/null
-else
-    log "reusing database $DB ($((have_bytes / 1048576)) MiB)"
-fi
+have_bytes=$(bench_database "$PG_BIN" "$ADMIN_URL" "$DB" "$SIZE_MB" "$REGENERATE")
 
 log "building the release binary"
 (cd "$ROOT" && cargo build --release --locked -q)
