@@ -76,9 +76,7 @@ impl Decode {
             keys: m.encryption.as_ref().map(|_| keys.clone()),
         })
     }
-}
 
-impl Decode {
     /// The archive as a reader over the stored bytes `input`.
     fn reader<'a>(&self, input: Box<dyn Read + Send + 'a>) -> Result<Box<dyn Read + Send + 'a>> {
         match self {
